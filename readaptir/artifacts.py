@@ -1,0 +1,151 @@
+"""Content-addressed artifacts: every expensive product lives at a path derived from what determines it.
+
+A key hashes exactly the config that determines a product plus its parents' keys (the idea of the
+``datasets`` fingerprint), so a second run of a sweep finds every finished product and recomputes
+nothing, and a changed recipe can never be served a stale adapter. Products are built in a temporary
+folder beside their final place, renamed into place, then marked done (``.done`` holds the key's
+inputs for humans). A file lock makes a second job that wants the same product wait for the first
+instead of building it twice. Hydra sweep folders are not a cache; this store is.
+
+    store = ArtifactStore("cache")
+    key = store.key("adapter", {"corpus": "scifact", "r": 32}, parents=[tokens_key])
+    path = store.build("adapter", key, lambda tmp: train_into(tmp))   # or reuses the finished copy
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DONE = ".done"
+
+
+def canonical(obj: Any) -> Any:
+    """JSON-ready form with sorted mapping keys, so equal configs hash equally (OmegaConf nodes too)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            obj = OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Mapping):
+        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)  # 2e-4 vs 0.0002 hash alike already; 1.0 vs 1 should too
+    return obj
+
+
+def make_key(kind: str, config: Mapping[str, Any], parents: Sequence[str] = ()) -> str:
+    """``<kind>-<16 hex>``: sha256 over the kind, the canonical config and the parents' keys."""
+    payload = json.dumps({"kind": kind, "config": canonical(config), "parents": list(parents)},
+                         sort_keys=True, separators=(",", ":"))
+    return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+@dataclass
+class ArtifactStore:
+    """A folder of finished products, ``<root>/<kind>/<key>/``, each with a ``.done`` mark."""
+
+    root: Path
+    events: list[dict] = field(default_factory=list)  # what this process built or reused, in order
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).expanduser().resolve()
+
+    def key(self, kind: str, config: Mapping[str, Any], parents: Sequence[str] = ()) -> str:
+        return make_key(kind, config, parents)
+
+    def path(self, key: str) -> Path:
+        return self.root / key.split("-", 1)[0] / key
+
+    def work_dir(self, key: str) -> Path:
+        """A stable scratch folder for a product being built (checkpoints survive a killed job here)."""
+        return self.root / "work" / key
+
+    def is_done(self, key: str) -> bool:
+        return (self.path(key) / DONE).is_file()
+
+    @contextmanager
+    def lock(self, key: str):
+        """Exclusive inter-process lock on one key (blocks while another job holds it)."""
+        lock_path = self.root / "locks" / f"{key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("Waiting for another job building %s", key)
+                t0 = time.time()
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                log.info("Lock on %s acquired after %.0fs", key, time.time() - t0)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def build(self, kind: str, key: str, fn: Callable[[Path], Any], meta: Mapping[str, Any] | None = None) -> Path:
+        """Return the finished product for ``key``, running ``fn(tmp_dir)`` to make it if needed.
+
+        ``fn`` writes everything into ``tmp_dir``; the folder is renamed into place only after ``fn``
+        returns, so a crash leaves no half-written product (the temp folder is removed on error).
+        """
+        final = self.path(key)
+        if self.is_done(key):
+            self._record(kind, key, reused=True)
+            return final
+        with self.lock(key):
+            if self.is_done(key):  # built by another job while we waited
+                self._record(kind, key, reused=True)
+                return final
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".tmp-{key}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            t0 = time.time()
+            try:
+                fn(tmp)
+                with open(tmp / DONE, "w") as f:
+                    json.dump({"key": key, "kind": kind, "meta": canonical(meta or {}),
+                               "seconds": round(time.time() - t0, 3), "finished": time.time()}, f, indent=1)
+                if final.exists():  # an unfinished leftover without .done
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._record(kind, key, reused=False, seconds=time.time() - t0)
+            return final
+
+    def _record(self, kind: str, key: str, reused: bool, seconds: float = 0.0) -> None:
+        log.info("%s %s artifact %s", "Reused" if reused else "Built", kind, key)
+        self.events.append({"kind": kind, "key": key, "reused": reused, "seconds": round(seconds, 3)})
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file via a temporary sibling and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

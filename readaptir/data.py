@@ -1,0 +1,224 @@
+"""BeIR datasets: locating/downloading, streaming corpus reads, queries, qrels, knowledge-corpus subsets.
+
+Layout (SPEC §3): ``<root>/corpus.jsonl`` (``_id``, ``title``, ``text``), ``<root>/queries.jsonl``
+(``_id``, ``text``) and ``<root>/qrels/<split>.tsv`` (header, then query-id, corpus-id, score).
+MS-MARCO has 8.84M passages, so the corpus is only ever streamed (``iter_corpus``); nothing here needs
+it all in memory except the id set of judged-relevant documents, which is small.
+
+Ablation subsets (SPEC §4) filter the *knowledge* corpus by the evaluated dataset's eval-split qrels
+(relevance > 0). Doc ids of different corpora collide (MS-MARCO and FiQA both use integers), so a
+subset is only defined when the knowledge corpus shares the evaluated dataset's id space; otherwise
+:func:`knowledge_subset` says "not applicable" instead of filtering one corpus by another's ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).parent / "resources"
+
+Subset = Literal["both", "without", "with"]
+
+
+class DataError(ValueError):
+    """Malformed or missing dataset input; the message names the file (and line) and the fix."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    doc_id: str
+    title: str
+    text: str
+
+
+def dataset_dir(beir_name: str, data_dir: str | os.PathLike, builtin: bool = False) -> Path:
+    """Folder of a BeIR dataset: the package's own for builtin ones (the toy demo set), else data_dir/name."""
+    if builtin:
+        return RESOURCES / beir_name
+    return Path(data_dir).expanduser().resolve() / beir_name
+
+
+def ensure_dataset(beir_name: str, data_dir: str | os.PathLike, url: str | None, builtin: bool = False) -> Path:
+    """Return the dataset folder, downloading and unpacking BeIR's official zip when it is missing.
+
+    The zip is fetched into a temporary folder beside the target and renamed into place, so an
+    interrupted download never leaves a half-written dataset behind.
+    """
+    root = dataset_dir(beir_name, data_dir, builtin)
+    if (root / "corpus.jsonl").is_file():
+        return root
+    if builtin or not url:
+        raise DataError(f"dataset {beir_name!r}: {root}/corpus.jsonl not found and no download URL is configured")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Downloading BeIR %s from %s into %s", beir_name, url, root)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{beir_name}.") as tmp:
+        archive = Path(tmp) / f"{beir_name}.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
+                shutil.copyfileobj(r, f)
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise DataError(
+                f"dataset {beir_name!r}: download of {url} failed ({e.__class__.__name__}: {e}); "
+                f"download and unzip it yourself so that {root}/corpus.jsonl exists "
+                f"(or point paths.data_dir / READAPTIR_DATA at a folder holding {beir_name}/)"
+            ) from e
+        unpacked = Path(tmp) / beir_name
+        if not (unpacked / "corpus.jsonl").is_file():
+            raise DataError(f"dataset {beir_name!r}: {url} did not contain {beir_name}/corpus.jsonl")
+        os.replace(unpacked, root)
+    return root
+
+
+def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(row, dict) or any(k not in row for k in required):
+                missing = [k for k in required if not isinstance(row, dict) or k not in row]
+                raise DataError(f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}")
+            yield lineno, row
+
+
+def iter_corpus(root: str | os.PathLike, doc_ids: frozenset[str] | set[str] | None = None,
+                exclude: frozenset[str] | set[str] | None = None) -> Iterator[Passage]:
+    """Stream ``corpus.jsonl`` one passage at a time, optionally keeping only / dropping some doc ids."""
+    for _, row in _iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
+        doc_id = str(row["_id"])
+        if doc_ids is not None and doc_id not in doc_ids:
+            continue
+        if exclude is not None and doc_id in exclude:
+            continue
+        yield Passage(doc_id, str(row.get("title") or ""), str(row["text"] or ""))
+
+
+def load_queries(root: str | os.PathLike, query_ids: set[str] | None = None) -> dict[str, str]:
+    """``{query_id: text}``, restricted to ``query_ids`` when given (the eval split's queries)."""
+    out = {}
+    for _, row in _iter_jsonl(Path(root) / "queries.jsonl", ("_id", "text")):
+        qid = str(row["_id"])
+        if query_ids is None or qid in query_ids:
+            out[qid] = str(row["text"])
+    return out
+
+
+def load_qrels(root: str | os.PathLike, split: str) -> dict[str, dict[str, int]]:
+    """``{query_id: {doc_id: score}}`` from ``qrels/<split>.tsv`` (its header line is skipped)."""
+    path = Path(root) / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        have = sorted(p.stem for p in (Path(root) / "qrels").glob("*.tsv"))
+        raise DataError(f"{path}: qrels split {split!r} not found (available: {have}); set dataset.split")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if lineno == 1 and not row[-1].lstrip("-").isdigit():
+                continue  # header
+            if not row:
+                continue
+            if len(row) < 3:
+                raise DataError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score, got {row!r}")
+            try:
+                score = int(float(row[-1]))
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: score {row[-1]!r} is not a number") from None
+            qrels.setdefault(row[0], {})[row[1]] = score
+    return qrels
+
+
+def relevant_doc_ids(qrels: Mapping[str, Mapping[str, int]]) -> frozenset[str]:
+    """Documents judged relevant (score > 0) for at least one query."""
+    return frozenset(d for docs in qrels.values() for d, s in docs.items() if s > 0)
+
+
+def count_unknown_qrels(qrels: Mapping[str, Mapping[str, int]], corpus_ids: set[str] | frozenset[str]) -> int:
+    """Number of qrels rows whose document is not in the corpus (logged by callers as a data warning)."""
+    return sum(1 for docs in qrels.values() for d in docs if d not in corpus_ids)
+
+
+@dataclass(frozen=True)
+class KnowledgeSubset:
+    """Which passages of which corpus train a knowledge adapter (SPEC §4).
+
+    ``applicable`` is False for ablations that would filter one corpus by another corpus's ids;
+    ``reason`` then says why, and the cell is reported as not applicable.
+    """
+
+    corpus: str  # BeIR name of the knowledge corpus
+    subset: Subset
+    filter_dataset: str | None  # dataset whose eval-split qrels define the subset (None for "both")
+    filter_split: str | None
+    applicable: bool = True
+    reason: str = ""
+
+
+def knowledge_subset(knowledge_corpus: str, subset: Subset, eval_dataset: str, eval_corpus: str,
+                     eval_split: str) -> KnowledgeSubset:
+    """Decide the knowledge corpus subset of a cell.
+
+    ``eval_corpus`` is the corpus the evaluated dataset's doc ids live in (its ``knowledge_corpus``
+    config: Climate-FEVER's is FEVER's). ``without``/``with`` only make sense when the knowledge corpus
+    is that same corpus; with any other corpus the qrels' ids mean different documents.
+    """
+    if subset == "both":
+        return KnowledgeSubset(knowledge_corpus, "both", None, None)
+    if subset not in ("without", "with"):
+        raise DataError(f"ablation {subset!r} unknown: use both, without or with")
+    if knowledge_corpus != eval_corpus:
+        return KnowledgeSubset(
+            knowledge_corpus, subset, None, None, applicable=False,
+            reason=(f"ablation={subset} filters by {eval_dataset}'s qrels, which index the {eval_corpus} corpus, "
+                    f"not the {knowledge_corpus} knowledge corpus"),
+        )
+    return KnowledgeSubset(knowledge_corpus, subset, eval_dataset, eval_split)
+
+
+def subset_filter(sub: KnowledgeSubset, relevant: frozenset[str]) -> dict:
+    """Keyword arguments for :func:`iter_corpus` selecting the subset's passages."""
+    if sub.subset == "with":
+        return {"doc_ids": relevant}
+    if sub.subset == "without":
+        return {"exclude": relevant}
+    return {}
+
+
+def passage_training_text(p: Passage) -> str:
+    """Knowledge-adapter training text of a passage: ``title + " " + text``, stripped (SPEC §1 step 2)."""
+    return f"{p.title} {p.text}".strip()
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Cheap content fingerprint of a (possibly huge) file: size, plus sha256 of its first/last MiB.
+
+    Used in artifact keys, so a changed corpus gets new artifacts without hashing gigabytes each run.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
