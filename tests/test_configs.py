@@ -1,0 +1,135 @@
+"""Every config group option and experiment composes; the dataset group is exactly the paper's 14."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PAPER_DATASETS = {
+    "msmarco", "fever", "climate-fever", "hotpotqa", "dbpedia-entity", "nq", "quora", "webis-touche2020",
+    "trec-covid", "fiqa", "scidocs", "arguana", "scifact", "nfcorpus",
+}
+SPEC_TASKS = {
+    "msmarco": "Given a web search query, retrieve relevant passages that answer the query",
+    "arguana": "Given a claim, find documents that refute the claim",
+    "climate-fever": "Given a claim about climate change, retrieve documents that support or refute the claim",
+    "dbpedia-entity": "Given a query, retrieve relevant entity descriptions from DBPedia",
+    "fever": "Given a claim, retrieve documents that support or refute the claim",
+    "fiqa": "Given a financial question, retrieve user replies that best answer the question",
+    "hotpotqa": "Given a multi-hop question, retrieve documents that can help answer the question",
+    "nfcorpus": "Given a question, retrieve relevant documents that best answer the question",
+    "nq": "Given a question, retrieve Wikipedia passages that answer the question",
+    "quora": "Given a question, retrieve questions that are semantically equivalent to the given question",
+    "scidocs": "Given a scientific paper title, retrieve paper abstracts that are cited by the given paper",
+    "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
+    "webis-touche2020": "Given a question, retrieve detailed and persuasive arguments that answer the question",
+    "trec-covid": "Given a query on COVID-19, retrieve documents that answer the query",
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def hydra_ctx():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def _compose(overrides):
+    cfg = compose(config_name="config", overrides=overrides)
+    OmegaConf.resolve(cfg)
+    assert not OmegaConf.missing_keys(cfg), OmegaConf.missing_keys(cfg)
+    return cfg
+
+
+def test_dataset_group_is_exactly_the_paper_14(hydra_ctx):
+    from hydra._internal.utils import create_config_search_path
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
+    # What Hydra's glob(*) expands to for the group.
+    assert set(loader.get_group_options("dataset")) == PAPER_DATASETS
+    assert set(options("dataset")) == PAPER_DATASETS
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_DATASETS))
+def test_dataset_configs(hydra_ctx, name):
+    cfg = _compose([f"dataset={name}", "model=e5-mistral"])
+    d = cfg.dataset
+    assert d.name == d.beir_name == name
+    assert d.task == SPEC_TASKS[name]
+    assert d.split == ("dev" if name == "msmarco" else "test")
+    assert d.corpus_size > 3000
+    assert set(d.seen_by) <= {"repllama", "e5-mistral"}
+    assert d.knowledge_corpus == ("fever" if name == "climate-fever" else name)
+
+
+def test_zero_shot_sets_match_spec(hydra_ctx):
+    seen = {n: set(OmegaConf.load(CONF / "dataset" / f"{n}.yaml").seen_by) for n in PAPER_DATASETS}
+    assert {n for n, s in seen.items() if "repllama" in s} == {"msmarco"}
+    assert {n for n, s in seen.items() if "e5-mistral" in s} == {"msmarco", "fever", "hotpotqa", "nq", "quora"}
+
+
+@pytest.mark.parametrize(
+    "model,dataset,adapter,ablation",
+    list(itertools.product(options("model"), ["scifact", "msmarco", "demo/toy"], options("adapter"),
+                           options("ablation"))),
+)
+def test_every_group_option_composes(hydra_ctx, model, dataset, adapter, ablation):
+    cfg = _compose([f"model={model}", f"dataset={dataset}", f"adapter={adapter}", f"ablation={ablation}"])
+    assert cfg.model.name == model
+    assert cfg.adapter.name == adapter and cfg.ablation.name == ablation
+
+
+def test_full_paper_grid_composes(hydra_ctx):
+    """All 168 cells: 2 models × 14 datasets × 2 adapters × 3 ablations."""
+    n = 0
+    for model, dataset, adapter, ablation in itertools.product(
+        ["repllama", "e5-mistral"], sorted(PAPER_DATASETS), ["in-domain", "msmarco"], ["both", "without", "with"]
+    ):
+        cfg = _compose([f"model={model}", f"dataset={dataset}", f"adapter={adapter}", f"ablation={ablation}"])
+        expected = "msmarco" if adapter == "msmarco" else ("fever" if dataset == "climate-fever" else dataset)
+        assert cfg.adapter.corpus == expected
+        n += 1
+    assert n == 168
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(hydra_ctx, experiment):
+    cfg = _compose([f"experiment={experiment}"])
+    assert cfg.model.name
+
+
+def test_model_conventions(hydra_ctx):
+    r = _compose(["model=repllama"]).model
+    assert r.query_template == "query: {query}" and r.passage_template == "passage: {title} {text}"
+    assert r.retriever_kind == "lora" and r.query_max_len == r.passage_max_len == 512
+    e = _compose(["model=e5-mistral"]).model
+    assert e.query_template == "Instruct: {task}\nQuery: {query}" and e.passage_template == "{title} {text}"
+    assert e.retriever_kind == "full"
+    assert _compose(["model=tiny-llama"]).model.tiny == "llama"
+    assert _compose(["model=tiny-mistral"]).model.retriever_kind == "full"
+
+
+def test_paper_recipe_defaults(hydra_ctx):
+    cfg = _compose(["model=repllama", "dataset=scifact"])
+    a, t = cfg.adapter, cfg.train
+    assert (a.method, a.r, a.alpha, a.dropout) == ("dora", 32, 64, 0.05)
+    assert list(a.targets) == ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    assert (t.lr, t.batch_size, t.epochs, t.max_tokens, t.batching) == (2e-4, 4, 1, 1024, "paper")
+    assert (cfg.readapt.alpha, cfg.readapt.beta, cfg.readapt.knowledge_scaling) == (0.5, 1.0, "delta")
+
+
+def test_data_dir_follows_env(hydra_ctx, monkeypatch, tmp_path):
+    monkeypatch.setenv("READAPTIR_DATA", str(tmp_path))
+    assert _compose([]).paths.data_dir == str(tmp_path)
