@@ -133,3 +133,9 @@ def test_paper_recipe_defaults(hydra_ctx):
 def test_data_dir_follows_env(hydra_ctx, monkeypatch, tmp_path):
     monkeypatch.setenv("READAPTIR_DATA", str(tmp_path))
     assert _compose([]).paths.data_dir == str(tmp_path)
+
+
+def test_slurm_launcher_composes(hydra_ctx):
+    cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1

@@ -1,0 +1,325 @@
+"""One grid cell end to end: plan → knowledge adapter → base evaluation → RE-Adapt → evaluation → results.
+
+``run.py`` composes the Hydra config and calls :func:`run`. Stages talk through content-addressed
+artifacts (readaptir.artifacts), so a cell whose adapter, embeddings or runs already exist reuses them,
+and a second run of a sweep trains and encodes nothing:
+
+    tokens (corpus × tokenizer) ─→ adapter (recipe × subset × pretrained) ─┐
+    base weights (pretrained × retriever) ─→ base embeddings → base run     ├→ readapted weights (α, β, scaling)
+                                                                            └→ readapted embeddings → run
+
+The cell's ``results.json`` (coordinates, status, base / readapted / delta metrics in BeIR's names as
+fractions, a paired significance test, the delta report, stage timings, the artifact keys used) goes to
+the Hydra job folder and to the results store ``<paths.results_dir>/<model>/<dataset>/<cell>.json``
+that ``python -m readaptir.tables`` renders. Cells whose ablation is undefined (a knowledge corpus
+other than the evaluated dataset's own, filtered by its qrels) end cleanly with status ``not_applicable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from readaptir.artifacts import ArtifactStore, atomic_write_json
+from readaptir.data import (
+    DataError,
+    KnowledgeSubset,
+    dataset_dir,
+    ensure_dataset,
+    knowledge_subset,
+    load_qrels,
+    relevant_doc_ids,
+)
+
+log = logging.getLogger(__name__)
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+DEMO_NOTICE = "DEMO: these numbers come from tiny random models on a toy dataset and mean nothing."
+
+
+class ConfigError(ValueError):
+    """An incomplete or inconsistent config, refused before anything heavy runs."""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse missing keys (``???``) and unknown choices before any model loads."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config keys without a value: {', '.join(missing)}; set them on the command line "
+                          f"(e.g. {missing[0]}=...)")
+    if cfg.readapt.knowledge_scaling not in ("delta", "peft_scale"):
+        raise ConfigError(f"readapt.knowledge_scaling={cfg.readapt.knowledge_scaling!r}: use delta or peft_scale")
+    if cfg.train.batching not in ("paper", "packed"):
+        raise ConfigError(f"train.batching={cfg.train.batching!r}: use paper or packed")
+
+
+def cell_coords(cfg: DictConfig) -> dict[str, Any]:
+    return {"model": cfg.model.name, "dataset": cfg.dataset.name, "adapter": cfg.adapter.name,
+            "ablation": cfg.ablation.name, "alpha": float(cfg.readapt.alpha), "beta": float(cfg.readapt.beta),
+            "knowledge_scaling": cfg.readapt.knowledge_scaling}
+
+
+def cell_name(c: dict[str, Any]) -> str:
+    return f"{c['adapter']}-{c['ablation']}-a{c['alpha']:g}-b{c['beta']:g}-{c['knowledge_scaling']}"
+
+
+def results_path(cfg: DictConfig) -> Path:
+    c = cell_coords(cfg)
+    return Path(cfg.paths.results_dir).expanduser().resolve() / c["model"] / c["dataset"] / f"{cell_name(c)}.json"
+
+
+def is_demo(cfg: DictConfig) -> bool:
+    return bool(cfg.model.get("tiny"))
+
+
+def cell_subset(cfg: DictConfig) -> KnowledgeSubset:
+    return knowledge_subset(cfg.adapter.corpus, cfg.ablation.name, cfg.dataset.name,
+                            cfg.dataset.knowledge_corpus, cfg.dataset.split)
+
+
+def weights_identity(name_or_path: str | os.PathLike) -> str:
+    """What a model is, independent of where it sits: a hub id as is, a local folder by its contents.
+
+    Artifact keys use this, so moving the cache (or building the tiny models in another folder) does
+    not invalidate anything, while a changed weight file does.
+    """
+    p = Path(str(name_or_path)).expanduser()
+    if not p.is_dir():
+        return str(name_or_path)
+    h = hashlib.sha256()
+    for f in sorted(p.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".model") and not f.name.startswith("."):
+            h.update(f.name.encode())
+            if f.suffix == ".safetensors":
+                from readaptir.data import file_fingerprint
+
+                h.update(file_fingerprint(f).encode())
+            else:
+                h.update(_stable_json(f))
+    return f"local:{h.hexdigest()[:16]}"
+
+
+def _stable_json(f: Path) -> bytes:
+    """JSON file content without fields that only record where the file came from."""
+    try:
+        obj = json.loads(f.read_text())
+    except ValueError:
+        return f.read_bytes()
+    if isinstance(obj, dict):
+        for k in ("base_model_name_or_path", "_name_or_path", "transformers_version"):
+            obj.pop(k, None)
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def ensure_models(cfg: DictConfig) -> None:
+    """Build the tiny stand-in models when the config asks for them (tests, demo)."""
+    if cfg.model.get("tiny"):
+        from readaptir.tiny import ensure_tiny
+
+        ensure_tiny(cfg.model.tiny, Path(cfg.model.pretrained).parents[1])
+
+
+def knowledge_corpus_root(cfg: DictConfig) -> Path:
+    name = cfg.adapter.corpus
+    if name == cfg.dataset.name:
+        return ensure_dataset(cfg.dataset.beir_name, cfg.paths.data_dir, cfg.dataset.url,
+                              bool(cfg.dataset.get("builtin", False)))
+    return ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
+
+
+def eval_root(cfg: DictConfig) -> Path:
+    return ensure_dataset(cfg.dataset.beir_name, cfg.paths.data_dir, cfg.dataset.url,
+                          bool(cfg.dataset.get("builtin", False)))
+
+
+def base_weights_key(cfg: DictConfig, store: ArtifactStore) -> str:
+    m = cfg.model
+    if not m.get("readapt", True):  # baselines: the model name + its scoring settings identify it
+        return store.key("weights", {k: v for k, v in OmegaConf.to_container(m).items() if k != "tiny"})
+    return store.key("weights", {"pretrained": weights_identity(m.pretrained),
+                                 "retriever": weights_identity(m.retriever), "kind": m.retriever_kind})
+
+
+def adapter_key(cfg: DictConfig, store: ArtifactStore, tokens_key: str, sub: KnowledgeSubset,
+                relevant: frozenset[str] | None) -> str:
+    """Exactly what determines a knowledge adapter: recipe, subset, pretrained weights, token cache."""
+    from readaptir.train import adapter_key_config
+
+    subset = {"subset": sub.subset}
+    if sub.subset != "both":
+        # The subset is the set of judged-relevant doc ids: hash it, not the dataset's name.
+        subset["relevant"] = hashlib.sha256("\n".join(sorted(relevant or ())).encode()).hexdigest()[:16]
+    return store.key("adapter", {**adapter_key_config(cfg.adapter, cfg.train), **subset,
+                                 "pretrained": weights_identity(cfg.model.pretrained)}, parents=[tokens_key])
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.time() - t0, 3)
+
+
+def ensure_adapter(cfg: DictConfig, store: ArtifactStore, sub: KnowledgeSubset, tracker) -> tuple[Path, str, dict]:
+    """The cell's knowledge adapter, trained only if no finished copy exists."""
+    from readaptir.tokens import ensure_token_cache
+    from readaptir.train import train_knowledge_adapter
+
+    corpus_root = knowledge_corpus_root(cfg)
+    cache = ensure_token_cache(store, cfg.model.pretrained, corpus_root)
+    relevant = None
+    if sub.subset != "both":
+        relevant = relevant_doc_ids(load_qrels(eval_root(cfg), sub.filter_split))
+    key = adapter_key(cfg, store, cache.key, sub, relevant)
+    stats: dict = {}
+
+    def build(tmp: Path) -> None:
+        include = relevant if sub.subset == "with" else None
+        exclude = relevant if sub.subset == "without" else None
+        stats.update(train_knowledge_adapter(Path(cfg.model.pretrained), cache, cfg.adapter, cfg.train, tmp,
+                                             store.work_dir(key), include=include, exclude=exclude,
+                                             tracker=tracker))
+
+    path = store.build("adapter", key, build, meta={"corpus": cfg.adapter.corpus, "subset": sub.subset,
+                                                     "filter": sub.filter_dataset})
+    if not stats and (path / "train_stats.json").is_file():
+        stats = json.loads((path / "train_stats.json").read_text())
+    return path, key, stats
+
+
+def _flat(d: dict, prefix: str) -> dict[str, Any]:
+    return {f"{prefix}/{k}": v for k, v in d.items() if isinstance(v, (int, float))}
+
+
+def job_dir(cfg: DictConfig) -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - run(cfg) called outside a Hydra app (tests, notebooks)
+        return Path(cfg.run.get("out_dir") or ".").resolve()
+
+
+def write_results(cfg: DictConfig, results: dict) -> Path:
+    """results.json into the job folder and the results store (atomic writes)."""
+    atomic_write_json(job_dir(cfg) / "results.json", results)
+    path = results_path(cfg)
+    atomic_write_json(path, results)
+    return path
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run (or, with run.plan=true, describe) one cell and return its results dict."""
+    check_config(cfg)
+    if cfg.run.plan:
+        from readaptir.plan import describe_cell
+
+        print(describe_cell(cfg))
+        return {}
+    coords = cell_coords(cfg)
+    results: dict[str, Any] = {"cell": coords, "status": "done", "demo": is_demo(cfg),
+                               "zero_shot": cfg.model.name not in cfg.dataset.seen_by,
+                               "corpus_size": int(cfg.dataset.corpus_size)}
+    sub = cell_subset(cfg)
+    readapt = bool(cfg.model.get("readapt", True))
+    if readapt and not sub.applicable:
+        results.update(status="not_applicable", reason=sub.reason)
+        path = write_results(cfg, results)
+        log.info("Cell %s not applicable: %s (%s)", coords, sub.reason, path)
+        return results
+
+    from readaptir.evaluate import evaluate_retriever, paired_test
+    from readaptir.tracking import start_tracker
+
+    store = ArtifactStore(cfg.paths.cache_dir)
+    timings: dict[str, float] = {}
+    tracker = start_tracker(cfg.tracking, {**coords, "demo": results["demo"], "adapter_corpus": cfg.adapter.corpus,
+                                           "train": OmegaConf.to_container(cfg.train),
+                                           "recipe": OmegaConf.to_container(cfg.adapter)},
+                            name=f"{coords['model']}/{coords['dataset']}/{cell_name(coords)}",
+                            group=f"{coords['model']}/{coords['adapter']}-{coords['ablation']}", job_type="cell")
+    try:
+        with _timed(timings, "prepare"):
+            ensure_models(cfg)
+            eval_root(cfg)
+        base_key = base_weights_key(cfg, store)
+        with _timed(timings, "evaluate_base"):
+            base = evaluate_retriever(cfg, store, weights_key=base_key)
+        results["base"] = base["metrics"]
+        artifacts = {"base_weights": base_key, "base": base.get("artifacts", [])}
+        if readapt:
+            from readaptir.readapt import build_readapted_model
+
+            with _timed(timings, "train_adapter"):
+                adapter_path, akey, train_stats = ensure_adapter(cfg, store, sub, tracker)
+            ra_key = store.key("readapted", {"alpha": cfg.readapt.alpha, "beta": cfg.readapt.beta,
+                                             "knowledge_scaling": cfg.readapt.knowledge_scaling},
+                               parents=[base_key, akey])
+            with _timed(timings, "readapt"):
+                model, report = build_readapted_model(
+                    cfg.model.pretrained, cfg.model.retriever, adapter_path, alpha=cfg.readapt.alpha,
+                    beta=cfg.readapt.beta, knowledge_scaling=cfg.readapt.knowledge_scaling,
+                    save_dir=store.path(ra_key) if cfg.readapt.save_model else None)
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)
+            with _timed(timings, "evaluate_readapted"):
+                ra = evaluate_retriever(cfg, store, model=model, tokenizer=tokenizer, weights_key=ra_key)
+            del model
+            results["readapted"] = ra["metrics"]
+            results["delta"] = {k: round(ra["metrics"][k] - base["metrics"][k], 6)
+                                for k in base["metrics"] if k in ra["metrics"]}
+            results["significance"] = {"metric": "NDCG@10", **paired_test(base["per_query"], ra["per_query"])}
+            results["delta_report"] = report
+            results["train"] = train_stats
+            artifacts.update(adapter=akey, readapted_weights=ra_key, readapted=ra.get("artifacts", []))
+        results["timings"] = timings
+        results["artifacts"] = artifacts
+        results["artifact_events"] = store.events
+        path = write_results(cfg, results)
+        tracker.summary({**_flat(results.get("base", {}), "base"), **_flat(results.get("readapted", {}), "readapted"),
+                         **_flat(results.get("delta", {}), "delta"),
+                         "p_value": results.get("significance", {}).get("p_value")})
+        rows = [[k, results["base"].get(k), results.get("readapted", {}).get(k), results.get("delta", {}).get(k)]
+                for k in results["base"]]
+        tracker.table("cell_metrics", ["metric", "base", "readapted", "delta"], rows)
+    finally:
+        tracker.finish()
+    print(format_cell(results, path))
+    return results
+
+
+def format_cell(results: dict, path: Path | None = None) -> str:
+    """A short human summary of one cell's results."""
+    c = results["cell"]
+    lines = [f"{c['model']} × {c['dataset']} × adapter={c['adapter']} × ablation={c['ablation']} "
+             f"(α={c['alpha']:g}, β={c['beta']:g}, {c['knowledge_scaling']})"]
+    if results.get("demo"):
+        lines.append(DEMO_NOTICE)
+    b = results.get("base", {}).get("NDCG@10")
+    r = results.get("readapted", {}).get("NDCG@10")
+    if b is not None:
+        line = f"  nDCG@10 base {100 * b:.1f}"
+        if r is not None:
+            p = results.get("significance", {}).get("p_value")
+            line += f"  readapted {100 * r:.1f}  Δ {100 * (r - b):+.1f}" + (f"  (p={p:.3g})" if p is not None else "")
+        lines.append(line)
+    reused = [e for e in results.get("artifact_events", []) if e["reused"]]
+    built = [e for e in results.get("artifact_events", []) if not e["reused"]]
+    lines.append(f"  artifacts: {len(built)} built, {len(reused)} reused")
+    if path:
+        lines.append(f"  results: {path}")
+    return "\n".join(lines)
+
+
+__all__ = ["run", "check_config", "cell_coords", "results_path", "ConfigError", "DataError", "dataset_dir"]
