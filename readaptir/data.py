@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from readaptir.errors import UserError
+
 log = logging.getLogger(__name__)
 
 RESOURCES = Path(__file__).parent / "resources"
@@ -34,7 +36,7 @@ RESOURCES = Path(__file__).parent / "resources"
 Subset = Literal["both", "without", "with"]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Malformed or missing dataset input; the message names the file (and line) and the fix."""
 
 

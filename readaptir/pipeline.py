@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from readaptir.artifacts import ArtifactStore, atomic_write_json
+from readaptir.errors import UserError
 from readaptir.data import (
     DataError,
     KnowledgeSubset,
@@ -45,7 +46,7 @@ BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{
 DEMO_NOTICE = "DEMO: these numbers come from tiny random models on a toy dataset and mean nothing."
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An incomplete or inconsistent config, refused before anything heavy runs."""
 
 

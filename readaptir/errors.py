@@ -1,0 +1,8 @@
+"""The one base class for errors caused by bad input (config, data, model pairs), not by bugs.
+
+``run.py`` prints these as a single line naming the file, line or key and the fix, without a traceback.
+"""
+
+
+class UserError(ValueError):
+    """Bad input: the message names what is wrong and how to fix it, on one line."""
