@@ -1,0 +1,129 @@
+"""Tracking: offline W&B runs without a key, a no-op backend, and wandb failures that never fail training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from readaptir.artifacts import ArtifactStore
+from readaptir.tokens import ensure_token_cache
+from readaptir.tracking import resolve_mode, start_tracker
+from readaptir.train import train_knowledge_adapter
+
+ADAPTER = {"method": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}
+TRAIN = {
+    "batching": "packed",
+    "batch_size": 2,
+    "max_tokens": 64,
+    "lr": 1e-3,
+    "epochs": 1,
+    "seed": 0,
+    "max_grad_norm": 1.0,
+    "max_passages": 12,
+    "checkpoint_every": 0,
+    "log_every": 1,
+}
+CELL = {"model": "tiny-llama", "dataset": "toy", "adapter": "in-domain", "ablation": "both"}
+
+
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls; see test_train.py
+    yield
+    torch.set_num_threads(n)
+
+
+def test_resolve_mode(monkeypatch):
+    assert resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online" and resolve_mode("offline") == "offline"
+    with pytest.raises(ValueError, match="tracking.mode"):
+        resolve_mode("sometimes")
+
+
+def test_backend_none_is_a_noop(tmp_path):
+    t = start_tracker({"backend": "none", "dir": str(tmp_path / "wb")}, CELL, "n", None, "train")
+    t.log({"a": 1}, step=1)
+    t.summary({"b": 2})
+    t.table("t", ["x"], [[1]])
+    t.finish()
+    assert not t.active and not (tmp_path / "wb").exists()
+    with pytest.raises(ValueError, match="backend"):
+        start_tracker({"backend": "mlflow"}, CELL, "n", None, "train")
+
+
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory, tiny_llama, toy_dir):
+    return ensure_token_cache(ArtifactStore(tmp_path_factory.mktemp("store")), tiny_llama.pretrained, toy_dir)
+
+
+def test_offline_run_files_written_without_key(tmp_path, tiny_llama, toy_cache):
+    wdir = tmp_path / "wandb-dir"
+    tracker = start_tracker(
+        {"backend": "wandb", "project": "readaptir-test", "entity": None, "mode": "auto", "dir": str(wdir)},
+        CELL,
+        name="cell",
+        group="g",
+        job_type="train",
+    )
+    assert tracker.active
+    stats = train_knowledge_adapter(
+        tiny_llama.pretrained, toy_cache, ADAPTER, TRAIN, tmp_path / "out", tmp_path / "work", tracker=tracker
+    )
+    tracker.table("per_query", ["qid", "ndcg"], [["q1", 0.5]])
+    tracker.finish()
+    runs = list((wdir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(wdir.rglob("*"))
+    assert list(runs[0].glob("*.wandb")) and stats["steps"] > 0
+
+
+def test_training_survives_wandb_raising(tmp_path, tiny_llama, toy_cache, monkeypatch, caplog):
+    import wandb
+
+    class Run:
+        summary: dict = {}
+
+        def log(self, *a, **k):
+            raise ConnectionError("wandb server unreachable")
+
+        def finish(self, *a, **k):
+            pass
+
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: Run())
+    tracker = start_tracker(
+        {"backend": "wandb", "mode": "offline", "dir": str(tmp_path / "wb")}, CELL, "c", None, "train"
+    )
+    assert tracker.active
+    with caplog.at_level("WARNING", logger="readaptir.tracking"):
+        stats = train_knowledge_adapter(
+            tiny_llama.pretrained,
+            toy_cache,
+            ADAPTER,
+            TRAIN,
+            tmp_path / "out",
+            tmp_path / "work",
+            tracker=tracker,
+        )
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file() and stats["steps"] > 1
+    warnings = [r for r in caplog.records if "W&B log failed" in r.getMessage()]
+    assert len(warnings) == 1 and not tracker.active  # warned once, then a no-op
+
+    def broken_init(*a, **k):
+        raise RuntimeError("wandb.init exploded")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    tracker = start_tracker({"backend": "wandb", "mode": "offline"}, CELL, "c", None, "train")
+    assert not tracker.active
+    train_knowledge_adapter(
+        tiny_llama.pretrained,
+        toy_cache,
+        ADAPTER,
+        TRAIN,
+        tmp_path / "out2",
+        tmp_path / "work2",
+        tracker=tracker,
+    )
+    assert (tmp_path / "out2" / "adapter_config.json").is_file()
