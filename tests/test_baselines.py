@@ -1,0 +1,63 @@
+"""Baselines check the harness against published numbers (SPEC §5): BM25 and all-MiniLM-L6-v2 on SciFact."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from readaptir.artifacts import ArtifactStore
+from readaptir.baselines import bm25_search
+from readaptir.data import load_qrels, load_queries
+from readaptir.evaluate import evaluate_retriever, evaluate_run
+
+REPO = Path(__file__).resolve().parents[1]
+BM25 = {
+    "name": "bm25",
+    "family": "lexical",
+    "k1": 1.5,
+    "b": 0.75,
+    "method": "lucene",
+    "stemmer": "english",
+    "stopwords": "en",
+}
+
+
+def _cfg(cache, data, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("config", overrides=[f"paths.cache_dir={cache}", f"paths.data_dir={data}", *overrides])
+
+
+def test_bm25_toy(toy_dir):
+    qrels = load_qrels(toy_dir, "test")
+    run = bm25_search(toy_dir, load_queries(toy_dir, set(qrels)), BM25, top_k=100)
+    metrics, _ = evaluate_run(qrels, run, [10, 100], "toy")
+    assert metrics["NDCG@10"] > 0.3  # lexical overlap is strong on the toy set; random would be ≈ 0.02
+
+
+def test_bm25_self_hits(tmp_path):
+    root = tmp_path / "mini"
+    (root / "qrels").mkdir(parents=True)
+    docs = [("a", "cats eat mice"), ("b", "cats chase mice at night"), ("c", "dogs bark")]
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in docs)
+    )
+    run = bm25_search(root, {"a": "cats eat mice", "z": "dogs"}, BM25, top_k=2)
+    assert "a" not in run["a"] and list(run["a"]) == ["b"]  # its own document is gone
+    assert list(run["z"]) == ["c"]  # documents without any matching term are not returned
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("model,low,high", [("bm25", 0.655, 0.697), ("minilm", 0.635, 0.655)])
+def test_scifact_reference_numbers(beir_dir, tmp_path, model, low, high):
+    cfg = _cfg(tmp_path, beir_dir, f"model={model}", "dataset=scifact")
+    t0 = time.time()
+    out = evaluate_retriever(cfg, ArtifactStore(cfg.paths.cache_dir))
+    ndcg = out["metrics"]["NDCG@10"]
+    print(f"{model} SciFact NDCG@10={ndcg:.4f} in {time.time() - t0:.0f}s")
+    assert low <= ndcg <= high, f"{model}: NDCG@10 {ndcg:.4f} outside [{low}, {high}]"
+    assert len(out["per_query"]) == 300

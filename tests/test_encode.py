@@ -1,0 +1,224 @@
+"""Encoding conventions of SPEC §2 on the tiny models: golden ids, EOS pooling, padding invariance, caching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import readaptir.encode as enc
+from readaptir.artifacts import ArtifactStore
+from readaptir.data import iter_corpus
+from readaptir.encode import (
+    EncodeError,
+    build_input_ids,
+    embed_batch,
+    encode_corpus_cached,
+    encode_queries,
+    format_passage,
+    format_query,
+    load_base_retriever,
+    make_batches,
+    padding_fraction,
+)
+
+REPLLAMA = {
+    "name": "tiny-llama",
+    "family": "llama",
+    "retriever_kind": "lora",
+    "query_template": "query: {query}",
+    "passage_template": "passage: {title} {text}",
+    "pooling": "last_eos",
+    "normalize": True,
+    "query_max_len": 64,
+    "passage_max_len": 128,
+    "pad_token": "eos",
+    "tiny": None,
+}
+E5 = {
+    **REPLLAMA,
+    "name": "tiny-mistral",
+    "family": "mistral",
+    "retriever_kind": "full",
+    "query_template": "Instruct: {task}\nQuery: {query}",
+    "passage_template": "{title} {text}",
+}
+TASK = {
+    "name": "toy",
+    "beir_name": "toy",
+    "task": "Given a question, retrieve passages that answer the question",
+}
+ENCODE = {"token_budget": 512, "max_batch_size": 8, "dtype": "auto"}
+
+
+def _cfg(base: dict, tiny) -> dict:
+    return {**base, "pretrained": str(tiny.pretrained), "retriever": str(tiny.retriever)}
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return load_base_retriever(_cfg(REPLLAMA, tiny_llama), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mistral(tiny_mistral):
+    return load_base_retriever(_cfg(E5, tiny_mistral), device="cpu")
+
+
+def test_prompt_texts():
+    assert format_query(REPLLAMA, TASK, "q?") == "query: q?"
+    assert format_query(E5, TASK, "q?") == f"Instruct: {TASK['task']}\nQuery: q?"
+    assert format_passage(REPLLAMA, "T", "body") == "passage: T body"
+    assert format_passage(REPLLAMA, "", "body") == "passage: body"  # one space when the title is empty
+    assert format_passage(E5, "T", "body") == "T body"
+    assert format_passage(E5, "", " body ") == "body"
+
+
+def test_golden_ids_repllama(tiny_llama):
+    tok = AutoTokenizer.from_pretrained(tiny_llama.retriever)
+    q = build_input_ids(tok, [format_query(REPLLAMA, TASK, "what do cats eat?")], 64)[0]
+    # <s> ▁qu er y : ▁w hat ▁d o ▁c at s ▁eat? </s>
+    assert q == [1, 155, 51, 40, 5, 80, 55, 83, 30, 57, 46, 34, 323, 2]
+    p = build_input_ids(tok, [format_passage(REPLLAMA, "the cat", "cats eat mice")], 128)[0]
+    # <s> ▁p as s a ge : ▁the ▁c at ▁c at s ▁eat ▁m i c e </s>
+    assert p == [1, 96, 156, 34, 17, 317, 5, 49, 57, 46, 57, 46, 34, 166, 67, 25, 19, 21, 2]
+    assert tok.convert_ids_to_tokens(p)[:8] == ["<s>", "▁p", "as", "s", "a", "ge", ":", "▁the"]
+    # Truncation keeps BOS and EOS: [bos] + tokens[:max_len-2] + [eos].
+    truncated = [1, 96, 156, 34, 17, 2]  # <s> ▁p as s a </s>
+    assert build_input_ids(tok, [format_passage(REPLLAMA, "the cat", "cats eat mice")], 6)[0] == truncated
+
+
+def test_golden_ids_e5(tiny_mistral):
+    tok = AutoTokenizer.from_pretrained(tiny_mistral.retriever)
+    q = build_input_ids(tok, [format_query(E5, TASK, "what do cats eat?")], 64)[0]
+    assert q[:9] == [1, 126, 29, 34, 35, 33, 36, 163, 5]  # <s> ▁I n s t r u ct :
+    # The "\n" is <unk> (0) for the tiny vocabulary, then "Query:" and the query itself.
+    assert tok.convert_ids_to_tokens(q[41:47]) == ["on", "<unk>", "Q", "u", "er", "y"]
+    assert q[-11:] == [40, 5, 80, 55, 83, 30, 57, 46, 34, 323, 2]  # y : ▁w hat ▁d o ▁c at s ▁eat? </s>
+    assert len(q) == 57 and q.count(2) == 1
+    p = build_input_ids(tok, [format_passage(E5, "the cat", "cats eat mice")], 128)[0]
+    assert p == [1, 49, 57, 46, 57, 46, 34, 166, 67, 25, 19, 21, 2]  # no instruction on passages
+    untitled = [1, 57, 46, 34, 166, 67, 25, 19, 21, 2]  # <s> ▁c at s ▁eat ▁m i c e </s>
+    assert build_input_ids(tok, [format_passage(E5, "", "cats eat mice")], 128)[0] == untitled
+    short = build_input_ids(tok, [format_query(E5, TASK, "what do cats eat?")], 8)[0]
+    assert short == [1, 126, 29, 34, 35, 33, 36, 2]
+
+
+@pytest.mark.parametrize("which", ["llama", "mistral"])
+def test_padding_invariance(which, request):
+    model, tok = request.getfixturevalue(which)
+    texts = [
+        "passage: cats eat mice and birds",
+        "query: dog",
+        "passage: the elephant is a large animal with a trunk",
+    ]
+    rows = build_input_ids(tok, texts, 128)
+    right = embed_batch(model, rows, tok.eos_token_id, tok.eos_token_id, "right")
+    left = embed_batch(model, rows, tok.eos_token_id, tok.eos_token_id, "left")
+    alone = torch.cat([embed_batch(model, [r], tok.eos_token_id, tok.eos_token_id) for r in rows])
+    assert torch.allclose(right, left, atol=1e-5) and torch.allclose(right, alone, atol=1e-5)
+    assert torch.allclose(right.norm(dim=1), torch.ones(3), atol=1e-5)
+    # A naive [:, -1] on the right-padded batch would pool pad tokens: the short row must differ.
+    out = model(
+        input_ids=torch.tensor([rows[1] + [tok.eos_token_id] * (len(rows[2]) - len(rows[1]))])
+    ).last_hidden_state
+    naive = torch.nn.functional.normalize(out[:, -1].float(), dim=-1)
+    assert not torch.allclose(naive[0], alone[1], atol=1e-3)
+
+
+def test_pooling_asserts_eos(llama):
+    model, tok = llama
+    with pytest.raises(EncodeError, match="not EOS"):
+        embed_batch(model, [[1, 5, 6, 7]], tok.eos_token_id, tok.eos_token_id)
+
+
+def test_lora_is_merged(tiny_llama, llama):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    model, tok = llama
+    assert type(model).__name__ == "LlamaModel" and not hasattr(model, "lm_head")
+    peft = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(tiny_llama.pretrained), str(tiny_llama.retriever)
+    ).eval()
+    base = AutoModel.from_pretrained(tiny_llama.pretrained).eval()
+    ids = torch.tensor([build_input_ids(tok, ["passage: cats eat mice"], 32)[0]])
+    with torch.no_grad():
+        merged, unmerged, plain = (m(input_ids=ids).last_hidden_state for m in (model, peft, base))
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert not torch.allclose(merged, plain, atol=1e-3)  # the LoRA did change the model
+
+
+def test_make_batches_budget_and_padding():
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(70), 0.6, 20000).astype(int), 4, 512)
+    batches = make_batches(lengths, 65536, 256)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert all(lengths[b].max() * len(b) <= 65536 and len(b) <= 256 for b in batches)
+    assert padding_fraction(lengths, batches) < 0.05
+    assert padding_fraction(lengths, make_batches(lengths, 65536, 256, sort=False)) > 0.4
+
+
+def test_encode_corpus_cached(tmp_path, tiny_llama, llama, toy_dir, monkeypatch):
+    monkeypatch.setattr(enc, "CHUNK_PASSAGES", 70)  # several chunks: rows must land at their original places
+    model, tok = llama
+    cfg = _cfg(REPLLAMA, tiny_llama)
+    store = ArtifactStore(tmp_path)
+    emb = encode_corpus_cached(store, "base:x", model, tok, cfg, TASK, toy_dir, ENCODE)
+    passages = list(iter_corpus(toy_dir))
+    assert emb.ids == [p.doc_id for p in passages] and emb.matrix.dtype == np.float16
+    assert emb.matrix.shape == (240, 64)
+    for i in (0, 69, 70, 239):
+        p = passages[i]
+        rows = build_input_ids(tok, [format_passage(cfg, p.title, p.text)], 128)
+        alone = embed_batch(model, rows, tok.eos_token_id, tok.eos_token_id)[0].numpy()
+        np.testing.assert_allclose(emb.matrix[i].astype(np.float32), alone, atol=2e-3)
+    again = encode_corpus_cached(store, "base:x", model, tok, cfg, TASK, toy_dir, ENCODE)
+    assert again.key == emb.key and store.events[-1]["reused"]
+    other = encode_corpus_cached(
+        store, "readapted:y", model, tok, {**cfg, "passage_max_len": 32}, TASK, toy_dir, ENCODE
+    )
+    assert other.key != emb.key
+    qids, q = encode_queries(model, tok, cfg, TASK, {"a": "what do cats eat?", "b": "dog"}, ENCODE)
+    assert qids == ["a", "b"] and q.shape == (2, 64) and q.dtype == np.float32
+
+
+def test_sharded_encoding_fills_every_row(tmp_path, tiny_llama, llama, toy_dir, monkeypatch):
+    """Two 'ranks' (threads with a shared barrier) encode alternate batches into one work file."""
+    import threading
+
+    model, tok = llama
+    cfg = _cfg(REPLLAMA, tiny_llama)
+    single = encode_corpus_cached(
+        ArtifactStore(tmp_path / "one"), "base:x", model, tok, cfg, TASK, toy_dir, ENCODE
+    )
+    barrier, local = threading.Barrier(2), threading.local()
+    monkeypatch.setattr(enc, "_dist", lambda: (local.rank, 2, barrier.wait, None))
+    store, results, errors = ArtifactStore(tmp_path / "two"), {}, []
+    encoded = {0: 0, 1: 0}
+    real_embed = enc.embed_batch
+
+    def counting_embed(model, rows, *a, **k):
+        encoded[local.rank] += len(rows)
+        return real_embed(model, rows, *a, **k)
+
+    monkeypatch.setattr(enc, "embed_batch", counting_embed)
+
+    def rank(r: int) -> None:
+        local.rank = r
+        try:
+            results[r] = encode_corpus_cached(store, "base:x", model, tok, cfg, TASK, toy_dir, ENCODE)
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert encoded[0] > 0 and encoded[1] > 0 and encoded[0] + encoded[1] == 240  # each passage once
+    assert results[0].key == results[1].key == single.key
+    np.testing.assert_array_equal(np.asarray(results[1].matrix), np.asarray(single.matrix))

@@ -1,0 +1,61 @@
+"""FAISS and streaming search agree with brute force, and self-hits are removed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from readaptir.encode import CorpusEmbeddings, write_corpus_files
+from readaptir.search import search
+
+
+def _corpus(tmp_path, n=97, dim=16, seed=0, ids=None) -> tuple[CorpusEmbeddings, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    m = rng.standard_normal((n, dim)).astype(np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    m = m.astype(np.float16)
+    ids = ids or [f"d{i}" for i in range(n)]
+    write_corpus_files(tmp_path, ids, dim, "embeddings-test", lambda mm: mm.__setitem__(slice(None), m))
+    return CorpusEmbeddings.open(tmp_path), m.astype(np.float32)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1000])
+def test_faiss_and_stream_agree_with_brute_force(tmp_path, chunk_size):
+    corpus, m = _corpus(tmp_path)
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((5, 16)).astype(np.float32)
+    qids = [f"q{i}" for i in range(5)]
+    runs = {
+        b: search(qids, q, corpus, top_k=10, backend=b, chunk_size=chunk_size) for b in ("faiss", "stream")
+    }
+    for i, qid in enumerate(qids):
+        expect = [f"d{j}" for j in np.argsort(-(m @ q[i]))[:10]]
+        for backend, run in runs.items():
+            got = sorted(run[qid], key=lambda d: -run[qid][d])
+            assert got == expect, backend
+            np.testing.assert_allclose(
+                [run[qid][d] for d in got], np.sort(m @ q[i])[::-1][:10], rtol=1e-5, atol=1e-5
+            )
+
+
+@pytest.mark.parametrize("backend", ["faiss", "stream"])
+def test_self_hits_removed(tmp_path, backend):
+    corpus, m = _corpus(tmp_path, n=20)
+    # Queries equal to documents d3 and d7 (and named like them): their best hit is themselves.
+    run = search(["d3", "d7", "x"], m[[3, 7, 3]], corpus, top_k=5, backend=backend, chunk_size=6)
+    assert "d3" not in run["d3"] and "d7" not in run["d7"]
+    assert len(run["d3"]) == len(run["d7"]) == 5  # still top_k documents after the removal
+    assert next(iter(sorted(run["x"], key=lambda d: -run["x"][d]))) == "d3"  # other ids keep it
+
+
+def test_top_k_larger_than_corpus(tmp_path):
+    corpus, m = _corpus(tmp_path, n=4)
+    for backend in ("faiss", "stream"):
+        run = search(["d0"], m[:1], corpus, top_k=1000, backend=backend)
+        assert set(run["d0"]) == {"d1", "d2", "d3"}
+
+
+def test_bad_backend(tmp_path):
+    corpus, m = _corpus(tmp_path, n=4)
+    with pytest.raises(ValueError, match="backend"):
+        search(["q"], m[:1], corpus, backend="annoy")
