@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from readaptir.artifacts import ArtifactStore, atomic_write_json
-from readaptir.errors import UserError
 from readaptir.data import (
     DataError,
     KnowledgeSubset,
@@ -39,6 +39,7 @@ from readaptir.data import (
     load_qrels,
     relevant_doc_ids,
 )
+from readaptir.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,11 @@ def adapter_key(cfg: DictConfig, store: ArtifactStore, tokens_key: str, sub: Kno
     if sub.subset != "both":
         # The subset is the set of judged-relevant doc ids: hash it, not the dataset's name.
         subset["relevant"] = hashlib.sha256("\n".join(sorted(relevant or ())).encode()).hexdigest()[:16]
-    return store.key("adapter", {**adapter_key_config(cfg.adapter, cfg.train), **subset,
+    # bf16 on CUDA vs float32 on CPU, and the DDP world size (it multiplies the effective batch), change
+    # the trained adapter, so they are part of what determines it.
+    run_env = {"precision": "bf16" if torch.cuda.is_available() else "fp32",
+               "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    return store.key("adapter", {**adapter_key_config(cfg.adapter, cfg.train), **subset, **run_env,
                                  "pretrained": weights_identity(cfg.model.pretrained)}, parents=[tokens_key])
 
 
@@ -222,6 +227,8 @@ def write_results(cfg: DictConfig, results: dict) -> Path:
 def run(cfg: DictConfig) -> dict:
     """Run (or, with run.plan=true, describe) one cell and return its results dict."""
     check_config(cfg)
+    for noisy in ("beir", "sentence_transformers", "httpx"):  # per-metric INFO lines drown the cell summary
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if cfg.run.plan:
         from readaptir.plan import describe_cell
 
@@ -259,7 +266,11 @@ def run(cfg: DictConfig) -> dict:
         results["base"] = base["metrics"]
         artifacts = {"base_weights": base_key, "base": base.get("artifacts", [])}
         if readapt:
-            from readaptir.readapt import build_readapted_model
+            from readaptir.readapt import build_readapted_model, save_readapted
+
+            # The model's dtype on CUDA (bf16 for the 7B retrievers); float32 on CPU, where bf16 is slow.
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            dtype = getattr(torch, cfg.model.get("torch_dtype") or "float32") if device == "cuda" else torch.float32
 
             with _timed(timings, "train_adapter"):
                 adapter_path, akey, train_stats = ensure_adapter(cfg, store, sub, tracker)
@@ -270,7 +281,12 @@ def run(cfg: DictConfig) -> dict:
                 model, report = build_readapted_model(
                     cfg.model.pretrained, cfg.model.retriever, adapter_path, alpha=cfg.readapt.alpha,
                     beta=cfg.readapt.beta, knowledge_scaling=cfg.readapt.knowledge_scaling,
-                    save_dir=store.path(ra_key) if cfg.readapt.save_model else None)
+                    dtype=dtype, device=device)
+                if cfg.readapt.save_model:
+                    store.build("readapted", ra_key, lambda tmp: save_readapted(
+                        tmp / "model", cfg.model.pretrained, cfg.model.retriever, adapter_path,
+                        alpha=cfg.readapt.alpha, beta=cfg.readapt.beta,
+                        knowledge_scaling=cfg.readapt.knowledge_scaling))
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)

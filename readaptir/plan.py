@@ -104,7 +104,6 @@ def grid_configs(models, datasets, adapters, ablations, overrides=()):
 
 
 def summarize(cfgs) -> str:
-    from omegaconf import OmegaConf
 
     plans, train_h, enc_h, cfg = [], 0.0, 0.0, None
     adapters: dict[tuple, int] = {}
