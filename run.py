@@ -1,8 +1,8 @@
 """Run one cell of the RE-AdaptIR grid (or a sweep with -m). See README.md.
 
-    python run.py                                     # embedded demo cell: tiny models, toy data, CPU
-    python run.py -m model=repllama 'dataset=glob(*)' # a sweep over the 14 paper datasets
-    python run.py -m model=repllama 'dataset=glob(*)' run.plan=true   # what it would compute
+python run.py                                     # embedded demo cell: tiny models, toy data, CPU
+python run.py -m model=repllama 'dataset=glob(*)' # a sweep over the 14 paper datasets
+python run.py -m model=repllama 'dataset=glob(*)' run.plan=true   # what it would compute
 """
 
 import sys

@@ -54,8 +54,11 @@ def canonical(obj: Any) -> Any:
 
 def make_key(kind: str, config: Mapping[str, Any], parents: Sequence[str] = ()) -> str:
     """``<kind>-<16 hex>``: sha256 over the kind, the canonical config and the parents' keys."""
-    payload = json.dumps({"kind": kind, "config": canonical(config), "parents": list(parents)},
-                         sort_keys=True, separators=(",", ":"))
+    payload = json.dumps(
+        {"kind": kind, "config": canonical(config), "parents": list(parents)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
@@ -100,7 +103,9 @@ class ArtifactStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def build(self, kind: str, key: str, fn: Callable[[Path], Any], meta: Mapping[str, Any] | None = None) -> Path:
+    def build(
+        self, kind: str, key: str, fn: Callable[[Path], Any], meta: Mapping[str, Any] | None = None
+    ) -> Path:
         """Return the finished product for ``key``, running ``fn(tmp_dir)`` to make it if needed.
 
         ``fn`` writes everything into ``tmp_dir``; the folder is renamed into place only after ``fn``
@@ -122,8 +127,17 @@ class ArtifactStore:
             try:
                 fn(tmp)
                 with open(tmp / DONE, "w") as f:
-                    json.dump({"key": key, "kind": kind, "meta": canonical(meta or {}),
-                               "seconds": round(time.time() - t0, 3), "finished": time.time()}, f, indent=1)
+                    json.dump(
+                        {
+                            "key": key,
+                            "kind": kind,
+                            "meta": canonical(meta or {}),
+                            "seconds": round(time.time() - t0, 3),
+                            "finished": time.time(),
+                        },
+                        f,
+                        indent=1,
+                    )
                 if final.exists():  # an unfinished leftover without .done
                     shutil.rmtree(final)
                 os.replace(tmp, final)

@@ -54,7 +54,9 @@ def dataset_dir(beir_name: str, data_dir: str | os.PathLike, builtin: bool = Fal
     return Path(data_dir).expanduser().resolve() / beir_name
 
 
-def ensure_dataset(beir_name: str, data_dir: str | os.PathLike, url: str | None, builtin: bool = False) -> Path:
+def ensure_dataset(
+    beir_name: str, data_dir: str | os.PathLike, url: str | None, builtin: bool = False
+) -> Path:
     """Return the dataset folder, downloading and unpacking BeIR's official zip when it is missing.
 
     The zip is fetched into a temporary folder beside the target and renamed into place, so an
@@ -64,7 +66,9 @@ def ensure_dataset(beir_name: str, data_dir: str | os.PathLike, url: str | None,
     if (root / "corpus.jsonl").is_file():
         return root
     if builtin or not url:
-        raise DataError(f"dataset {beir_name!r}: {root}/corpus.jsonl not found and no download URL is configured")
+        raise DataError(
+            f"dataset {beir_name!r}: {root}/corpus.jsonl not found and no download URL is configured"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     log.info("Downloading BeIR %s from %s into %s", beir_name, url, root)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{beir_name}.") as tmp:
@@ -97,15 +101,22 @@ def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, di
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line"
+                ) from None
             if not isinstance(row, dict) or any(k not in row for k in required):
                 missing = [k for k in required if not isinstance(row, dict) or k not in row]
-                raise DataError(f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}")
+                raise DataError(
+                    f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}"
+                )
             yield lineno, row
 
 
-def iter_corpus(root: str | os.PathLike, doc_ids: frozenset[str] | set[str] | None = None,
-                exclude: frozenset[str] | set[str] | None = None) -> Iterator[Passage]:
+def iter_corpus(
+    root: str | os.PathLike,
+    doc_ids: frozenset[str] | set[str] | None = None,
+    exclude: frozenset[str] | set[str] | None = None,
+) -> Iterator[Passage]:
     """Stream ``corpus.jsonl`` one passage at a time, optionally keeping only / dropping some doc ids."""
     for _, row in _iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
         doc_id = str(row["_id"])
@@ -175,8 +186,9 @@ class KnowledgeSubset:
     reason: str = ""
 
 
-def knowledge_subset(knowledge_corpus: str, subset: Subset, eval_dataset: str, eval_corpus: str,
-                     eval_split: str) -> KnowledgeSubset:
+def knowledge_subset(
+    knowledge_corpus: str, subset: Subset, eval_dataset: str, eval_corpus: str, eval_split: str
+) -> KnowledgeSubset:
     """Decide the knowledge corpus subset of a cell.
 
     ``eval_corpus`` is the corpus the evaluated dataset's doc ids live in (its ``knowledge_corpus``
@@ -189,9 +201,15 @@ def knowledge_subset(knowledge_corpus: str, subset: Subset, eval_dataset: str, e
         raise DataError(f"ablation {subset!r} unknown: use both, without or with")
     if knowledge_corpus != eval_corpus:
         return KnowledgeSubset(
-            knowledge_corpus, subset, None, None, applicable=False,
-            reason=(f"ablation={subset} filters by {eval_dataset}'s qrels, which index the {eval_corpus} corpus, "
-                    f"not the {knowledge_corpus} knowledge corpus"),
+            knowledge_corpus,
+            subset,
+            None,
+            None,
+            applicable=False,
+            reason=(
+                f"ablation={subset} filters by {eval_dataset}'s qrels, which index the {eval_corpus} corpus, "
+                f"not the {knowledge_corpus} knowledge corpus"
+            ),
         )
     return KnowledgeSubset(knowledge_corpus, subset, eval_dataset, eval_split)
 

@@ -55,18 +55,28 @@ def check_config(cfg: DictConfig) -> None:
     """Refuse missing keys (``???``) and unknown choices before any model loads."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"config keys without a value: {', '.join(missing)}; set them on the command line "
-                          f"(e.g. {missing[0]}=...)")
+        raise ConfigError(
+            f"config keys without a value: {', '.join(missing)}; set them on the command line "
+            f"(e.g. {missing[0]}=...)"
+        )
     if cfg.readapt.knowledge_scaling not in ("delta", "peft_scale"):
-        raise ConfigError(f"readapt.knowledge_scaling={cfg.readapt.knowledge_scaling!r}: use delta or peft_scale")
+        raise ConfigError(
+            f"readapt.knowledge_scaling={cfg.readapt.knowledge_scaling!r}: use delta or peft_scale"
+        )
     if cfg.train.batching not in ("paper", "packed"):
         raise ConfigError(f"train.batching={cfg.train.batching!r}: use paper or packed")
 
 
 def cell_coords(cfg: DictConfig) -> dict[str, Any]:
-    return {"model": cfg.model.name, "dataset": cfg.dataset.name, "adapter": cfg.adapter.name,
-            "ablation": cfg.ablation.name, "alpha": float(cfg.readapt.alpha), "beta": float(cfg.readapt.beta),
-            "knowledge_scaling": cfg.readapt.knowledge_scaling}
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "adapter": cfg.adapter.name,
+        "ablation": cfg.ablation.name,
+        "alpha": float(cfg.readapt.alpha),
+        "beta": float(cfg.readapt.beta),
+        "knowledge_scaling": cfg.readapt.knowledge_scaling,
+    }
 
 
 def cell_name(c: dict[str, Any]) -> str:
@@ -75,7 +85,12 @@ def cell_name(c: dict[str, Any]) -> str:
 
 def results_path(cfg: DictConfig) -> Path:
     c = cell_coords(cfg)
-    return Path(cfg.paths.results_dir).expanduser().resolve() / c["model"] / c["dataset"] / f"{cell_name(c)}.json"
+    return (
+        Path(cfg.paths.results_dir).expanduser().resolve()
+        / c["model"]
+        / c["dataset"]
+        / f"{cell_name(c)}.json"
+    )
 
 
 def is_demo(cfg: DictConfig) -> bool:
@@ -83,8 +98,13 @@ def is_demo(cfg: DictConfig) -> bool:
 
 
 def cell_subset(cfg: DictConfig) -> KnowledgeSubset:
-    return knowledge_subset(cfg.adapter.corpus, cfg.ablation.name, cfg.dataset.name,
-                            cfg.dataset.knowledge_corpus, cfg.dataset.split)
+    return knowledge_subset(
+        cfg.adapter.corpus,
+        cfg.ablation.name,
+        cfg.dataset.name,
+        cfg.dataset.knowledge_corpus,
+        cfg.dataset.split,
+    )
 
 
 def weights_identity(name_or_path: str | os.PathLike) -> str:
@@ -132,26 +152,42 @@ def ensure_models(cfg: DictConfig) -> None:
 def knowledge_corpus_root(cfg: DictConfig) -> Path:
     name = cfg.adapter.corpus
     if name == cfg.dataset.name:
-        return ensure_dataset(cfg.dataset.beir_name, cfg.paths.data_dir, cfg.dataset.url,
-                              bool(cfg.dataset.get("builtin", False)))
+        return ensure_dataset(
+            cfg.dataset.beir_name,
+            cfg.paths.data_dir,
+            cfg.dataset.url,
+            bool(cfg.dataset.get("builtin", False)),
+        )
     return ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
 
 
 def eval_root(cfg: DictConfig) -> Path:
-    return ensure_dataset(cfg.dataset.beir_name, cfg.paths.data_dir, cfg.dataset.url,
-                          bool(cfg.dataset.get("builtin", False)))
+    return ensure_dataset(
+        cfg.dataset.beir_name, cfg.paths.data_dir, cfg.dataset.url, bool(cfg.dataset.get("builtin", False))
+    )
 
 
 def base_weights_key(cfg: DictConfig, store: ArtifactStore) -> str:
     m = cfg.model
     if not m.get("readapt", True):  # baselines: the model name + its scoring settings identify it
         return store.key("weights", {k: v for k, v in OmegaConf.to_container(m).items() if k != "tiny"})
-    return store.key("weights", {"pretrained": weights_identity(m.pretrained),
-                                 "retriever": weights_identity(m.retriever), "kind": m.retriever_kind})
+    return store.key(
+        "weights",
+        {
+            "pretrained": weights_identity(m.pretrained),
+            "retriever": weights_identity(m.retriever),
+            "kind": m.retriever_kind,
+        },
+    )
 
 
-def adapter_key(cfg: DictConfig, store: ArtifactStore, tokens_key: str, sub: KnowledgeSubset,
-                relevant: frozenset[str] | None) -> str:
+def adapter_key(
+    cfg: DictConfig,
+    store: ArtifactStore,
+    tokens_key: str,
+    sub: KnowledgeSubset,
+    relevant: frozenset[str] | None,
+) -> str:
     """Exactly what determines a knowledge adapter: recipe, subset, pretrained weights, token cache."""
     from readaptir.train import adapter_key_config
 
@@ -161,10 +197,20 @@ def adapter_key(cfg: DictConfig, store: ArtifactStore, tokens_key: str, sub: Kno
         subset["relevant"] = hashlib.sha256("\n".join(sorted(relevant or ())).encode()).hexdigest()[:16]
     # bf16 on CUDA vs float32 on CPU, and the DDP world size (it multiplies the effective batch), change
     # the trained adapter, so they are part of what determines it.
-    run_env = {"precision": "bf16" if torch.cuda.is_available() else "fp32",
-               "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
-    return store.key("adapter", {**adapter_key_config(cfg.adapter, cfg.train), **subset, **run_env,
-                                 "pretrained": weights_identity(cfg.model.pretrained)}, parents=[tokens_key])
+    run_env = {
+        "precision": "bf16" if torch.cuda.is_available() else "fp32",
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    return store.key(
+        "adapter",
+        {
+            **adapter_key_config(cfg.adapter, cfg.train),
+            **subset,
+            **run_env,
+            "pretrained": weights_identity(cfg.model.pretrained),
+        },
+        parents=[tokens_key],
+    )
 
 
 @contextmanager
@@ -176,7 +222,9 @@ def _timed(timings: dict[str, float], stage: str):
         timings[stage] = round(time.time() - t0, 3)
 
 
-def ensure_adapter(cfg: DictConfig, store: ArtifactStore, sub: KnowledgeSubset, tracker) -> tuple[Path, str, dict]:
+def ensure_adapter(
+    cfg: DictConfig, store: ArtifactStore, sub: KnowledgeSubset, tracker
+) -> tuple[Path, str, dict]:
     """The cell's knowledge adapter, trained only if no finished copy exists."""
     from readaptir.tokens import ensure_token_cache
     from readaptir.train import train_knowledge_adapter
@@ -192,12 +240,26 @@ def ensure_adapter(cfg: DictConfig, store: ArtifactStore, sub: KnowledgeSubset, 
     def build(tmp: Path) -> None:
         include = relevant if sub.subset == "with" else None
         exclude = relevant if sub.subset == "without" else None
-        stats.update(train_knowledge_adapter(Path(cfg.model.pretrained), cache, cfg.adapter, cfg.train, tmp,
-                                             store.work_dir(key), include=include, exclude=exclude,
-                                             tracker=tracker))
+        stats.update(
+            train_knowledge_adapter(
+                Path(cfg.model.pretrained),
+                cache,
+                cfg.adapter,
+                cfg.train,
+                tmp,
+                store.work_dir(key),
+                include=include,
+                exclude=exclude,
+                tracker=tracker,
+            )
+        )
 
-    path = store.build("adapter", key, build, meta={"corpus": cfg.adapter.corpus, "subset": sub.subset,
-                                                     "filter": sub.filter_dataset})
+    path = store.build(
+        "adapter",
+        key,
+        build,
+        meta={"corpus": cfg.adapter.corpus, "subset": sub.subset, "filter": sub.filter_dataset},
+    )
     if not stats and (path / "train_stats.json").is_file():
         stats = json.loads((path / "train_stats.json").read_text())
     return path, key, stats
@@ -235,9 +297,13 @@ def run(cfg: DictConfig) -> dict:
         print(describe_cell(cfg))
         return {}
     coords = cell_coords(cfg)
-    results: dict[str, Any] = {"cell": coords, "status": "done", "demo": is_demo(cfg),
-                               "zero_shot": cfg.model.name not in cfg.dataset.seen_by,
-                               "corpus_size": int(cfg.dataset.corpus_size)}
+    results: dict[str, Any] = {
+        "cell": coords,
+        "status": "done",
+        "demo": is_demo(cfg),
+        "zero_shot": cfg.model.name not in cfg.dataset.seen_by,
+        "corpus_size": int(cfg.dataset.corpus_size),
+    }
     sub = cell_subset(cfg)
     readapt = bool(cfg.model.get("readapt", True))
     if readapt and not sub.applicable:
@@ -251,11 +317,19 @@ def run(cfg: DictConfig) -> dict:
 
     store = ArtifactStore(cfg.paths.cache_dir)
     timings: dict[str, float] = {}
-    tracker = start_tracker(cfg.tracking, {**coords, "demo": results["demo"], "adapter_corpus": cfg.adapter.corpus,
-                                           "train": OmegaConf.to_container(cfg.train),
-                                           "recipe": OmegaConf.to_container(cfg.adapter)},
-                            name=f"{coords['model']}/{coords['dataset']}/{cell_name(coords)}",
-                            group=f"{coords['model']}/{coords['adapter']}-{coords['ablation']}", job_type="cell")
+    tracker = start_tracker(
+        cfg.tracking,
+        {
+            **coords,
+            "demo": results["demo"],
+            "adapter_corpus": cfg.adapter.corpus,
+            "train": OmegaConf.to_container(cfg.train),
+            "recipe": OmegaConf.to_container(cfg.adapter),
+        },
+        name=f"{coords['model']}/{coords['dataset']}/{cell_name(coords)}",
+        group=f"{coords['model']}/{coords['adapter']}-{coords['ablation']}",
+        job_type="cell",
+    )
     try:
         with _timed(timings, "prepare"):
             ensure_models(cfg)
@@ -270,23 +344,48 @@ def run(cfg: DictConfig) -> dict:
 
             # The model's dtype on CUDA (bf16 for the 7B retrievers); float32 on CPU, where bf16 is slow.
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            dtype = getattr(torch, cfg.model.get("torch_dtype") or "float32") if device == "cuda" else torch.float32
+            dtype = (
+                getattr(torch, cfg.model.get("torch_dtype") or "float32")
+                if device == "cuda"
+                else torch.float32
+            )
 
             with _timed(timings, "train_adapter"):
                 adapter_path, akey, train_stats = ensure_adapter(cfg, store, sub, tracker)
-            ra_key = store.key("readapted", {"alpha": cfg.readapt.alpha, "beta": cfg.readapt.beta,
-                                             "knowledge_scaling": cfg.readapt.knowledge_scaling},
-                               parents=[base_key, akey])
+            ra_key = store.key(
+                "readapted",
+                {
+                    "alpha": cfg.readapt.alpha,
+                    "beta": cfg.readapt.beta,
+                    "knowledge_scaling": cfg.readapt.knowledge_scaling,
+                },
+                parents=[base_key, akey],
+            )
             with _timed(timings, "readapt"):
                 model, report = build_readapted_model(
-                    cfg.model.pretrained, cfg.model.retriever, adapter_path, alpha=cfg.readapt.alpha,
-                    beta=cfg.readapt.beta, knowledge_scaling=cfg.readapt.knowledge_scaling,
-                    dtype=dtype, device=device)
+                    cfg.model.pretrained,
+                    cfg.model.retriever,
+                    adapter_path,
+                    alpha=cfg.readapt.alpha,
+                    beta=cfg.readapt.beta,
+                    knowledge_scaling=cfg.readapt.knowledge_scaling,
+                    dtype=dtype,
+                    device=device,
+                )
                 if cfg.readapt.save_model:
-                    store.build("readapted", ra_key, lambda tmp: save_readapted(
-                        tmp / "model", cfg.model.pretrained, cfg.model.retriever, adapter_path,
-                        alpha=cfg.readapt.alpha, beta=cfg.readapt.beta,
-                        knowledge_scaling=cfg.readapt.knowledge_scaling))
+                    store.build(
+                        "readapted",
+                        ra_key,
+                        lambda tmp: save_readapted(
+                            tmp / "model",
+                            cfg.model.pretrained,
+                            cfg.model.retriever,
+                            adapter_path,
+                            alpha=cfg.readapt.alpha,
+                            beta=cfg.readapt.beta,
+                            knowledge_scaling=cfg.readapt.knowledge_scaling,
+                        ),
+                    )
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)
@@ -294,8 +393,11 @@ def run(cfg: DictConfig) -> dict:
                 ra = evaluate_retriever(cfg, store, model=model, tokenizer=tokenizer, weights_key=ra_key)
             del model
             results["readapted"] = ra["metrics"]
-            results["delta"] = {k: round(ra["metrics"][k] - base["metrics"][k], 6)
-                                for k in base["metrics"] if k in ra["metrics"]}
+            results["delta"] = {
+                k: round(ra["metrics"][k] - base["metrics"][k], 6)
+                for k in base["metrics"]
+                if k in ra["metrics"]
+            }
             results["significance"] = {"metric": "NDCG@10", **paired_test(base["per_query"], ra["per_query"])}
             results["delta_report"] = report
             results["train"] = train_stats
@@ -304,11 +406,18 @@ def run(cfg: DictConfig) -> dict:
         results["artifacts"] = artifacts
         results["artifact_events"] = store.events
         path = write_results(cfg, results)
-        tracker.summary({**_flat(results.get("base", {}), "base"), **_flat(results.get("readapted", {}), "readapted"),
-                         **_flat(results.get("delta", {}), "delta"),
-                         "p_value": results.get("significance", {}).get("p_value")})
-        rows = [[k, results["base"].get(k), results.get("readapted", {}).get(k), results.get("delta", {}).get(k)]
-                for k in results["base"]]
+        tracker.summary(
+            {
+                **_flat(results.get("base", {}), "base"),
+                **_flat(results.get("readapted", {}), "readapted"),
+                **_flat(results.get("delta", {}), "delta"),
+                "p_value": results.get("significance", {}).get("p_value"),
+            }
+        )
+        rows = [
+            [k, results["base"].get(k), results.get("readapted", {}).get(k), results.get("delta", {}).get(k)]
+            for k in results["base"]
+        ]
         tracker.table("cell_metrics", ["metric", "base", "readapted", "delta"], rows)
     finally:
         tracker.finish()
@@ -319,8 +428,10 @@ def run(cfg: DictConfig) -> dict:
 def format_cell(results: dict, path: Path | None = None) -> str:
     """A short human summary of one cell's results."""
     c = results["cell"]
-    lines = [f"{c['model']} × {c['dataset']} × adapter={c['adapter']} × ablation={c['ablation']} "
-             f"(α={c['alpha']:g}, β={c['beta']:g}, {c['knowledge_scaling']})"]
+    lines = [
+        f"{c['model']} × {c['dataset']} × adapter={c['adapter']} × ablation={c['ablation']} "
+        f"(α={c['alpha']:g}, β={c['beta']:g}, {c['knowledge_scaling']})"
+    ]
     if results.get("demo"):
         lines.append(DEMO_NOTICE)
     b = results.get("base", {}).get("NDCG@10")
@@ -329,7 +440,9 @@ def format_cell(results: dict, path: Path | None = None) -> str:
         line = f"  nDCG@10 base {100 * b:.1f}"
         if r is not None:
             p = results.get("significance", {}).get("p_value")
-            line += f"  readapted {100 * r:.1f}  Δ {100 * (r - b):+.1f}" + (f"  (p={p:.3g})" if p is not None else "")
+            line += f"  readapted {100 * r:.1f}  Δ {100 * (r - b):+.1f}" + (
+                f"  (p={p:.3g})" if p is not None else ""
+            )
         lines.append(line)
     reused = [e for e in results.get("artifact_events", []) if e["reused"]]
     built = [e for e in results.get("artifact_events", []) if not e["reused"]]

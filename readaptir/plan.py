@@ -50,8 +50,13 @@ def plan_cell(cfg: DictConfig) -> CellPlan:
     train_n = 0
     if readapt and applicable:
         recipe = tuple(sorted((k, str(v)) for k, v in cfg.adapter.items() if k != "name"))
-        train = tuple(sorted((k, str(v)) for k, v in cfg.train.items()
-                             if k not in ("checkpoint_every", "log_every", "gradient_checkpointing")))
+        train = tuple(
+            sorted(
+                (k, str(v))
+                for k, v in cfg.train.items()
+                if k not in ("checkpoint_every", "log_every", "gradient_checkpointing")
+            )
+        )
         adapter_id = (cfg.model.pretrained, sub.corpus, sub.subset, sub.filter_dataset, recipe, train)
         corpus_size = size
         if sub.corpus != cfg.dataset.name:
@@ -63,8 +68,16 @@ def plan_cell(cfg: DictConfig) -> CellPlan:
         if cfg.train.max_passages:
             train_n = min(train_n, int(cfg.train.max_passages))
         train_n *= int(cfg.train.epochs)
-    return CellPlan(cell_coords(cfg), applicable, sub.reason, adapter_id, (cfg.model.name, cfg.dataset.name),
-                    train_n, size if (readapt and applicable) else 0, results_path(cfg).is_file())
+    return CellPlan(
+        cell_coords(cfg),
+        applicable,
+        sub.reason,
+        adapter_id,
+        (cfg.model.name, cfg.dataset.name),
+        train_n,
+        size if (readapt and applicable) else 0,
+        results_path(cfg).is_file(),
+    )
 
 
 def gpu_hours(cfg: DictConfig, train_passages: int, encode_passages: int) -> tuple[float, float]:
@@ -84,10 +97,14 @@ def describe_cell(cfg: DictConfig) -> str:
     steps = [f"encode base corpus ({cfg.dataset.corpus_size:,} passages, cached per model × dataset)"]
     if p.adapter_id:
         th, eh = gpu_hours(cfg, p.train_passages, p.encode_passages)
-        steps = [f"train {cfg.adapter.method} adapter on {p.adapter_id[1]} ({p.adapter_id[2]}, "
-                 f"≈{p.train_passages:,} passages, {cfg.train.batching} batching, ≈{th:.1f} GPU-h)"] + steps
-        steps += [f"readapt α={c['alpha']:g} β={c['beta']:g} ({c['knowledge_scaling']})",
-                  f"encode readapted corpus (≈{eh:.1f} GPU-h)"]
+        steps = [
+            f"train {cfg.adapter.method} adapter on {p.adapter_id[1]} ({p.adapter_id[2]}, "
+            f"≈{p.train_passages:,} passages, {cfg.train.batching} batching, ≈{th:.1f} GPU-h)"
+        ] + steps
+        steps += [
+            f"readapt α={c['alpha']:g} β={c['beta']:g} ({c['knowledge_scaling']})",
+            f"encode readapted corpus (≈{eh:.1f} GPU-h)",
+        ]
     return head + ":\n    " + "\n    ".join(steps) + "\n    evaluate, write results.json"
 
 
@@ -98,8 +115,10 @@ def grid_configs(models, datasets, adapters, ablations, overrides=()):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for m, d, a, b in itertools.product(models, datasets, adapters, ablations):
-            yield compose(config_name="config",
-                          overrides=[f"model={m}", f"dataset={d}", f"adapter={a}", f"ablation={b}", *overrides])
+            yield compose(
+                config_name="config",
+                overrides=[f"model={m}", f"dataset={d}", f"adapter={a}", f"ablation={b}", *overrides],
+            )
     GlobalHydra.instance().clear()
 
 
@@ -150,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.batching=packed")
     a = ap.parse_args(argv)
-    cfgs = grid_configs(a.models.split(","), a.datasets.split(","), a.adapters.split(","),
-                        a.ablations.split(","), a.overrides)
+    cfgs = grid_configs(
+        a.models.split(","), a.datasets.split(","), a.adapters.split(","), a.ablations.split(","), a.overrides
+    )
     print(summarize(cfgs))
 
 

@@ -35,8 +35,15 @@ log = logging.getLogger(__name__)
 Family = Literal["llama", "mistral"]
 
 # Shapes: small enough for CPU tests in seconds, but GQA (4 query heads, 2 kv heads) like Mistral-7B.
-SHAPES = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-5)
+SHAPES = dict(
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+)
 VOCAB_SIZE = 384
 SHARD_SIZE = "150KB"  # ≈ 4 shards per model: exercises shard-by-shard weight arithmetic
 RETRIEVER_LORA_TARGETS = ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # RepLLaMA's
@@ -53,7 +60,9 @@ def fixture_texts() -> list[str]:
     """Text the tiny tokenizer is trained on: the toy corpus and queries, plus prompt words."""
     root = RESOURCES / "toy"
     texts = [f"{p.title} {p.text}" for p in iter_corpus(root)] + list(load_queries(root).values())
-    texts += ["query: passage: Instruct: Query: Given a question, retrieve passages that answer the question"] * 4
+    texts += [
+        "query: passage: Instruct: Query: Given a question, retrieve passages that answer the question"
+    ] * 4
     return texts
 
 
@@ -65,14 +74,17 @@ def build_tokenizer(out_dir: str | os.PathLike):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=["<unk>", "<s>", "</s>"],
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
     tok.train_from_iterator(fixture_texts(), trainer=trainer)
     # Like LLaMA's tokenizer: BOS prepended automatically, EOS never.
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", 1)])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                 model_max_length=4096)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=4096
+    )
     hf.save_pretrained(out_dir)
     return hf
 
@@ -80,8 +92,14 @@ def build_tokenizer(out_dir: str | os.PathLike):
 def _config(family: Family, vocab_size: int):
     from transformers import LlamaConfig, MistralConfig
 
-    common = dict(SHAPES, vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=None,
-                  tie_word_embeddings=False)
+    common = dict(
+        SHAPES,
+        vocab_size=vocab_size,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
     if family == "llama":
         return LlamaConfig(**common)
     return MistralConfig(**common, sliding_window=4096)
@@ -107,8 +125,13 @@ def build_retriever(family: Family, pretrained: Path, out_dir: Path, seed: int =
     if family == "llama":
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=RETRIEVER_LORA_TARGETS,
-                         init_lora_weights=False)  # random A and B: a nonzero delta, as after training
+        cfg = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=RETRIEVER_LORA_TARGETS,
+            init_lora_weights=False,
+        )  # random A and B: a nonzero delta, as after training
         peft_model = get_peft_model(base, cfg)
         with torch.no_grad():
             for name, p in peft_model.named_parameters():
@@ -139,8 +162,10 @@ def ensure_tiny(family: Family, root: str | os.PathLike) -> TinyModels:
     root = Path(root).expanduser().resolve() / family
     store = ArtifactStore(root.parent)  # locks and atomic renames; paths are fixed, not hashed
     out = TinyModels(root / "pretrained", root / "retriever")
-    for path, build in ((out.pretrained, lambda tmp: build_pretrained(family, tmp)),
-                        (out.retriever, lambda tmp: build_retriever(family, out.pretrained, tmp))):
+    for path, build in (
+        (out.pretrained, lambda tmp: build_pretrained(family, tmp)),
+        (out.retriever, lambda tmp: build_retriever(family, out.pretrained, tmp)),
+    ):
         if (path / ".done").is_file():
             continue
         with store.lock(f"tiny-{family}-{path.name}"):

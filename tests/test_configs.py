@@ -12,8 +12,20 @@ from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_DATASETS = {
-    "msmarco", "fever", "climate-fever", "hotpotqa", "dbpedia-entity", "nq", "quora", "webis-touche2020",
-    "trec-covid", "fiqa", "scidocs", "arguana", "scifact", "nfcorpus",
+    "msmarco",
+    "fever",
+    "climate-fever",
+    "hotpotqa",
+    "dbpedia-entity",
+    "nq",
+    "quora",
+    "webis-touche2020",
+    "trec-covid",
+    "fiqa",
+    "scidocs",
+    "arguana",
+    "scifact",
+    "nfcorpus",
 }
 SPEC_TASKS = {
     "msmarco": "Given a web search query, retrieve relevant passages that answer the query",
@@ -53,8 +65,8 @@ def _compose(overrides):
 
 
 def test_dataset_group_is_exactly_the_paper_14(hydra_ctx):
-    from hydra._internal.utils import create_config_search_path
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
 
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
     # What Hydra's glob(*) expands to for the group.
@@ -77,13 +89,22 @@ def test_dataset_configs(hydra_ctx, name):
 def test_zero_shot_sets_match_spec(hydra_ctx):
     seen = {n: set(OmegaConf.load(CONF / "dataset" / f"{n}.yaml").seen_by) for n in PAPER_DATASETS}
     assert {n for n, s in seen.items() if "repllama" in s} == {"msmarco"}
-    assert {n for n, s in seen.items() if "e5-mistral" in s} == {"msmarco", "fever", "hotpotqa", "nq", "quora"}
+    assert {n for n, s in seen.items() if "e5-mistral" in s} == {
+        "msmarco",
+        "fever",
+        "hotpotqa",
+        "nq",
+        "quora",
+    }
 
 
 @pytest.mark.parametrize(
     "model,dataset,adapter,ablation",
-    list(itertools.product(options("model"), ["scifact", "msmarco", "demo/toy"], options("adapter"),
-                           options("ablation"))),
+    list(
+        itertools.product(
+            options("model"), ["scifact", "msmarco", "demo/toy"], options("adapter"), options("ablation")
+        )
+    ),
 )
 def test_every_group_option_composes(hydra_ctx, model, dataset, adapter, ablation):
     cfg = _compose([f"model={model}", f"dataset={dataset}", f"adapter={adapter}", f"ablation={ablation}"])
@@ -95,7 +116,10 @@ def test_full_paper_grid_composes(hydra_ctx):
     """All 168 cells: 2 models × 14 datasets × 2 adapters × 3 ablations."""
     n = 0
     for model, dataset, adapter, ablation in itertools.product(
-        ["repllama", "e5-mistral"], sorted(PAPER_DATASETS), ["in-domain", "msmarco"], ["both", "without", "with"]
+        ["repllama", "e5-mistral"],
+        sorted(PAPER_DATASETS),
+        ["in-domain", "msmarco"],
+        ["both", "without", "with"],
     ):
         cfg = _compose([f"model={model}", f"dataset={dataset}", f"adapter={adapter}", f"ablation={ablation}"])
         expected = "msmarco" if adapter == "msmarco" else ("fever" if dataset == "climate-fever" else dataset)

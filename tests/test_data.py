@@ -48,7 +48,9 @@ def test_missing_qrels_split_lists_available(toy_dir):
 
 def test_unknown_qrels_rows_are_counted(tmp_path):
     (tmp_path / "qrels").mkdir()
-    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tzz\t2\nq2\tyy\t0\n")
+    (tmp_path / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tzz\t2\nq2\tyy\t0\n"
+    )
     qrels = load_qrels(tmp_path, "test")
     assert qrels == {"q1": {"d1": 1, "zz": 2}, "q2": {"yy": 0}}
     assert count_unknown_qrels(qrels, {"d1"}) == 2
@@ -113,7 +115,9 @@ def test_download_unpacks_into_place(tmp_path):
     root = ensure_dataset("mini", tmp_path / "data", archive.as_uri())
     assert root == (tmp_path / "data" / "mini").resolve()
     assert [p.doc_id for p in iter_corpus(root)] == ["d"]
-    assert ensure_dataset("mini", tmp_path / "data", "file:///nonexistent.zip") == root  # present: no download
+    assert (
+        ensure_dataset("mini", tmp_path / "data", "file:///nonexistent.zip") == root
+    )  # present: no download
 
 
 def test_failed_download_names_dataset_url_and_folder(tmp_path):

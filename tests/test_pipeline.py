@@ -29,7 +29,9 @@ def make_data_dir(root: Path) -> Path:
         (d / "corpus.jsonl").write_text("\n".join(part) + "\n")
         shutil.copy(toy / "queries.jsonl", d / "queries.jsonl")
         ids = {json.loads(x)["_id"] for x in part}
-        rows = [r for r in (toy / "qrels" / "test.tsv").read_text().splitlines()[1:] if r.split("\t")[1] in ids]
+        rows = [
+            r for r in (toy / "qrels" / "test.tsv").read_text().splitlines()[1:] if r.split("\t")[1] in ids
+        ]
         split = "dev" if name == "msmarco" else "test"
         (d / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
     return root
@@ -43,19 +45,36 @@ def data_dir(tmp_path_factory) -> Path:
 def run_py(args: list[str], env_extra: dict, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true", **env_extra}
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
-FAST = ["train.max_passages=24", "train.batch_size=4", "tracking.backend=none", "encode.max_batch_size=64",
-        "search.top_k=100"]
+FAST = [
+    "train.max_passages=24",
+    "train.batch_size=4",
+    "tracking.backend=none",
+    "encode.max_batch_size=64",
+    "search.top_k=100",
+]
 
 
 @pytest.mark.slow
 def test_sweep_writes_results_then_reuses_everything(tmp_path, data_dir):
     env = {"READAPTIR_DATA": str(data_dir), "READAPTIR_CACHE": str(tmp_path / "cache")}
-    args = ["-m", "model=tiny-llama", "dataset=scifact,nfcorpus", "ablation=both,without",
-            f"hydra.sweep.dir={tmp_path}/sweep1", *FAST]
+    args = [
+        "-m",
+        "model=tiny-llama",
+        "dataset=scifact,nfcorpus",
+        "ablation=both,without",
+        f"hydra.sweep.dir={tmp_path}/sweep1",
+        *FAST,
+    ]
     first = run_py(args, env, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     results = sorted((tmp_path / "sweep1").rglob("results.json"))
@@ -69,35 +88,61 @@ def test_sweep_writes_results_then_reuses_everything(tmp_path, data_dir):
         assert res["delta_report"] and res["timings"]["train_adapter"] >= 0
         assert any(not e["reused"] and e["kind"] == "adapter" for e in res["artifact_events"])
     # Same sweep again: every artifact reused, nothing trained or encoded.
-    second = run_py([*args[:-len(FAST) - 1], f"hydra.sweep.dir={tmp_path}/sweep2", *FAST], env, tmp_path)
+    second = run_py([*args[: -len(FAST) - 1], f"hydra.sweep.dir={tmp_path}/sweep2", *FAST], env, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     again = sorted((tmp_path / "sweep2").rglob("results.json"))
     assert len(again) == 4
     for r in again:
         events = json.loads(r.read_text())["artifact_events"]
         assert events and all(e["reused"] for e in events), events
-    before = {json.loads(r.read_text())["cell"]["dataset"] + json.loads(r.read_text())["cell"]["ablation"]:
-              json.loads(r.read_text())["readapted"] for r in results}
-    after = {json.loads(r.read_text())["cell"]["dataset"] + json.loads(r.read_text())["cell"]["ablation"]:
-             json.loads(r.read_text())["readapted"] for r in again}
+    before = {
+        json.loads(r.read_text())["cell"]["dataset"]
+        + json.loads(r.read_text())["cell"]["ablation"]: json.loads(r.read_text())["readapted"]
+        for r in results
+    }
+    after = {
+        json.loads(r.read_text())["cell"]["dataset"]
+        + json.loads(r.read_text())["cell"]["ablation"]: json.loads(r.read_text())["readapted"]
+        for r in again
+    }
     assert before == after
 
 
 def test_not_applicable_cell_exits_cleanly(tmp_path, data_dir):
     env = {"READAPTIR_DATA": str(data_dir), "READAPTIR_CACHE": str(tmp_path / "cache")}
-    out = run_py(["model=tiny-llama", "dataset=scifact", "adapter=msmarco", "ablation=with",
-                  f"hydra.run.dir={tmp_path}/job", *FAST], env, tmp_path)
+    out = run_py(
+        [
+            "model=tiny-llama",
+            "dataset=scifact",
+            "adapter=msmarco",
+            "ablation=with",
+            f"hydra.run.dir={tmp_path}/job",
+            *FAST,
+        ],
+        env,
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "job" / "results.json").read_text())
     assert res["status"] == "not_applicable" and "msmarco" in res["reason"]
-    assert res["cell"] == {"model": "tiny-llama", "dataset": "scifact", "adapter": "msmarco", "ablation": "with",
-                           "alpha": 0.5, "beta": 1.0, "knowledge_scaling": "delta"}
+    assert res["cell"] == {
+        "model": "tiny-llama",
+        "dataset": "scifact",
+        "adapter": "msmarco",
+        "ablation": "with",
+        "alpha": 0.5,
+        "beta": 1.0,
+        "knowledge_scaling": "delta",
+    }
     assert not (tmp_path / "cache" / "adapter").exists()  # nothing trained
 
 
 def test_plan_mode_loads_nothing(tmp_path):
-    out = run_py(["-m", "model=repllama", "dataset=glob(*)", "run.plan=true", f"hydra.sweep.dir={tmp_path}/s"],
-                 {"READAPTIR_DATA": str(tmp_path / "nodata"), "READAPTIR_CACHE": str(tmp_path / "cache")}, tmp_path)
+    out = run_py(
+        ["-m", "model=repllama", "dataset=glob(*)", "run.plan=true", f"hydra.sweep.dir={tmp_path}/s"],
+        {"READAPTIR_DATA": str(tmp_path / "nodata"), "READAPTIR_CACHE": str(tmp_path / "cache")},
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     plans = [line for line in out.stdout.splitlines() if line.startswith("[plan]")]
     assert len(plans) == 14 and all("repllama" in p for p in plans)
@@ -106,8 +151,11 @@ def test_plan_mode_loads_nothing(tmp_path):
 
 
 def test_missing_key_is_refused_before_loading(tmp_path):
-    out = run_py(["model.retriever=???", f"hydra.run.dir={tmp_path}/j"], {"READAPTIR_CACHE": str(tmp_path / "c")},
-                 tmp_path)
+    out = run_py(
+        ["model.retriever=???", f"hydra.run.dir={tmp_path}/j"],
+        {"READAPTIR_CACHE": str(tmp_path / "c")},
+        tmp_path,
+    )
     assert out.returncode != 0
     assert "model.retriever" in out.stderr and not (tmp_path / "c").exists()
 
@@ -140,11 +188,22 @@ def test_adapter_keys(tmp_path, data_dir, compose_cell, monkeypatch):
     assert _adapter_key(compose_cell("dataset=scifact", *c), store) != sci  # in-domain: scifact's corpus
     assert _adapter_key(compose_cell("dataset=scifact", "adapter=msmarco", "adapter.r=16", *c), store) != sci
     assert _adapter_key(compose_cell("dataset=scifact", "adapter=msmarco", "train.lr=1e-4", *c), store) != sci
-    same = [("tracking.backend=none",), ("tracking.project=other",), ("train.checkpoint_every=7",),
-            ("train.log_every=1",), ("paths.results_dir=/elsewhere",), ("readapt.alpha=0.3",)]
+    same = [
+        ("tracking.backend=none",),
+        ("tracking.project=other",),
+        ("train.checkpoint_every=7",),
+        ("train.log_every=1",),
+        ("paths.results_dir=/elsewhere",),
+        ("readapt.alpha=0.3",),
+    ]
     for o in same:
         assert _adapter_key(compose_cell("dataset=nfcorpus", "adapter=msmarco", *c, *o), store) == sci, o
     # Another cache folder (the tiny models rebuilt elsewhere): keys follow contents, not paths.
     other = tmp_path / "other"
-    assert _adapter_key(compose_cell("dataset=scifact", "adapter=msmarco", f"paths.cache_dir={other}"),
-                        ArtifactStore(other)) == sci
+    assert (
+        _adapter_key(
+            compose_cell("dataset=scifact", "adapter=msmarco", f"paths.cache_dir={other}"),
+            ArtifactStore(other),
+        )
+        == sci
+    )
