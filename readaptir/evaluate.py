@@ -300,12 +300,22 @@ def evaluate_retriever(
 
         artifacts.append({"kind": "embeddings", "key": emb_key, "path": str(store.path(emb_key))})
 
-    run_path = (
-        store.build(
-            "run", run_key, produce, meta={"model": model_cfg.get("name"), "dataset": dataset_cfg["name"]}
-        )
-        / RUN_FILE
-    )
+    meta = {"model": model_cfg.get("name"), "dataset": dataset_cfg["name"]}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and family not in ("lexical", "bert") and not store.is_done(run_key):
+        # Under `accelerate launch` every rank must join the sharded corpus encoding, so none may wait
+        # on the run's lock meanwhile: encode on all ranks first, then rank 0 alone searches (reusing
+        # the embeddings) while the others wait at the barrier.
+        from accelerate import PartialState
+
+        state = PartialState()
+        if model is None:
+            model, tokenizer = load_base_retriever(model_cfg, dtype=resolve_dtype(encode_cfg.get("dtype")))
+        encode_corpus_cached(store, parent, model, tokenizer, model_cfg, dataset_cfg, root, encode_cfg)
+        if state.is_main_process:
+            store.build("run", run_key, produce, meta=meta)
+        state.wait_for_everyone()
+    run_path = store.build("run", run_key, produce, meta=meta) / RUN_FILE
     artifacts.append({"kind": "run", "key": run_key, "path": str(run_path.parent)})
     t = time.time()
     run = load_run(run_path)

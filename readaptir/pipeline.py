@@ -213,6 +213,11 @@ def adapter_key(
     )
 
 
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @contextmanager
 def _timed(timings: dict[str, float], stage: str):
     t0 = time.time()
@@ -236,17 +241,18 @@ def ensure_adapter(
         relevant = relevant_doc_ids(load_qrels(eval_root(cfg), sub.filter_split))
     key = adapter_key(cfg, store, cache.key, sub, relevant)
     stats: dict = {}
+    include = relevant if sub.subset == "with" else None
+    exclude = relevant if sub.subset == "without" else None
+    meta = {"corpus": cfg.adapter.corpus, "subset": sub.subset, "filter": sub.filter_dataset}
 
-    def build(tmp: Path) -> None:
-        include = relevant if sub.subset == "with" else None
-        exclude = relevant if sub.subset == "without" else None
+    def train(out: Path) -> None:
         stats.update(
             train_knowledge_adapter(
                 Path(cfg.model.pretrained),
                 cache,
                 cfg.adapter,
                 cfg.train,
-                tmp,
+                out,
                 store.work_dir(key),
                 include=include,
                 exclude=exclude,
@@ -254,12 +260,23 @@ def ensure_adapter(
             )
         )
 
-    path = store.build(
-        "adapter",
-        key,
-        build,
-        meta={"corpus": cfg.adapter.corpus, "subset": sub.subset, "filter": sub.filter_dataset},
-    )
+    rank, world = _rank_world()
+    if world > 1 and not store.is_done(key):
+        # Under `accelerate launch` every rank must join training (DDP), so no rank may sit on the
+        # store's lock meanwhile: all train into a shared folder, then rank 0 publishes it.
+        from accelerate import PartialState
+
+        shared = store.root / "work" / f"{key}.out"
+        train(shared)
+        if rank == 0:
+            store.build(
+                "adapter", key, lambda tmp: [os.replace(f, tmp / f.name) for f in shared.iterdir()], meta=meta
+            )
+            shared.rmdir()
+        PartialState().wait_for_everyone()
+        path = store.path(key)
+    else:
+        path = store.build("adapter", key, train, meta=meta)
     if not stats and (path / "train_stats.json").is_file():
         stats = json.loads((path / "train_stats.json").read_text())
     return path, key, stats
@@ -279,7 +296,9 @@ def job_dir(cfg: DictConfig) -> Path:
 
 
 def write_results(cfg: DictConfig, results: dict) -> Path:
-    """results.json into the job folder and the results store (atomic writes)."""
+    """results.json into the job folder and the results store (atomic writes; rank 0 only)."""
+    if _rank_world()[0] != 0:
+        return results_path(cfg)
     atomic_write_json(job_dir(cfg) / "results.json", results)
     path = results_path(cfg)
     atomic_write_json(path, results)
@@ -296,6 +315,15 @@ def run(cfg: DictConfig) -> dict:
 
         print(describe_cell(cfg))
         return {}
+    t0 = time.time()
+    ensure_models(cfg)  # before any process group: save_pretrained skips config.json on ranks > 0
+    if _rank_world()[1] > 1:
+        # Initialise the process group once, for every later PartialState()/Accelerator(): without
+        # cpu=True a CPU-only `accelerate launch`/torchrun would silently run as N single processes.
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+    t_models = time.time() - t0
     coords = cell_coords(cfg)
     results: dict[str, Any] = {
         "cell": coords,
@@ -317,8 +345,9 @@ def run(cfg: DictConfig) -> dict:
 
     store = ArtifactStore(cfg.paths.cache_dir)
     timings: dict[str, float] = {}
+    rank = _rank_world()[0]
     tracker = start_tracker(
-        cfg.tracking,
+        cfg.tracking if rank == 0 else {"backend": "none"},  # one W&B run per cell, not per GPU
         {
             **coords,
             "demo": results["demo"],
@@ -332,8 +361,8 @@ def run(cfg: DictConfig) -> dict:
     )
     try:
         with _timed(timings, "prepare"):
-            ensure_models(cfg)
             eval_root(cfg)
+        timings["prepare"] += round(t_models, 3)
         base_key = base_weights_key(cfg, store)
         with _timed(timings, "evaluate_base"):
             base = evaluate_retriever(cfg, store, weights_key=base_key)
@@ -372,7 +401,7 @@ def run(cfg: DictConfig) -> dict:
                     dtype=dtype,
                     device=device,
                 )
-                if cfg.readapt.save_model:
+                if cfg.readapt.save_model and rank == 0:
                     store.build(
                         "readapted",
                         ra_key,
@@ -421,7 +450,8 @@ def run(cfg: DictConfig) -> dict:
         tracker.table("cell_metrics", ["metric", "base", "readapted", "delta"], rows)
     finally:
         tracker.finish()
-    print(format_cell(results, path))
+    if rank == 0:
+        print(format_cell(results, path))
     return results
 
 

@@ -207,3 +207,22 @@ def test_adapter_keys(tmp_path, data_dir, compose_cell, monkeypatch):
         )
         == sci
     )
+
+
+@pytest.mark.slow
+def test_cell_under_two_process_launch(tmp_path):
+    """`torchrun`/`accelerate launch` with 2 CPU processes: one DDP adapter, one results file, no deadlock."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "READAPTIR_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(REPO / "run.py"), "tracking.backend=none", "train.max_passages=32", f"hydra.run.dir={tmp_path}/job"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 2 process(es)" in out.stderr + out.stdout
+    res = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert res["status"] == "done" and res["train"]["world_size"] == 2
+    assert len(list((tmp_path / "cache" / "adapter").iterdir())) == 1
+    assert list((tmp_path / "cache" / "results").rglob("*.json")) == [
+        tmp_path / "cache" / "results" / "tiny-llama" / "toy" / "in-domain-both-a0.5-b1-delta.json"
+    ]
