@@ -292,8 +292,9 @@ def evaluate_retriever(
                 q_emb,
                 corpus,
                 top_k,
-                search_cfg.get("backend", "faiss"),
+                search_cfg.get("backend", "auto"),
                 int(search_cfg.get("chunk_size", 262144)),
+                float(search_cfg.get("faiss_max_gb", 32)),
             )
             seconds["search"] = time.time() - t
             save_run(tmp, run, *evaluate_run(qrels, run, k_values, dataset_cfg["name"]))

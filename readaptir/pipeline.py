@@ -334,6 +334,7 @@ def run(cfg: DictConfig) -> dict:
     }
     sub = cell_subset(cfg)
     readapt = bool(cfg.model.get("readapt", True))
+    results["readapt"] = readapt
     if readapt and not sub.applicable:
         results.update(status="not_applicable", reason=sub.reason)
         path = write_results(cfg, results)
@@ -458,10 +459,14 @@ def run(cfg: DictConfig) -> dict:
 def format_cell(results: dict, path: Path | None = None) -> str:
     """A short human summary of one cell's results."""
     c = results["cell"]
-    lines = [
-        f"{c['model']} × {c['dataset']} × adapter={c['adapter']} × ablation={c['ablation']} "
-        f"(α={c['alpha']:g}, β={c['beta']:g}, {c['knowledge_scaling']})"
-    ]
+    if results.get("readapt", True):
+        head = (
+            f"{c['model']} × {c['dataset']} × adapter={c['adapter']} × ablation={c['ablation']} "
+            f"(α={c['alpha']:g}, β={c['beta']:g}, {c['knowledge_scaling']})"
+        )
+    else:
+        head = f"{c['model']} × {c['dataset']} (baseline: base model only, RE-Adapt does not apply)"
+    lines = [head]
     if results.get("demo"):
         lines.append(DEMO_NOTICE)
     b = results.get("base", {}).get("NDCG@10")

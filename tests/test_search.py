@@ -59,3 +59,10 @@ def test_bad_backend(tmp_path):
     corpus, m = _corpus(tmp_path, n=4)
     with pytest.raises(ValueError, match="backend"):
         search(["q"], m[:1], corpus, backend="annoy")
+
+
+def test_auto_backend_streams_corpora_too_big_for_faiss():
+    from readaptir.search import auto_backend
+
+    assert auto_backend((5183, 4096), 32) == "faiss"
+    assert auto_backend((8_841_823, 4096), 32) == "stream"  # MS-MARCO: 135 GiB as float32
