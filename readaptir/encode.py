@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from readaptir.artifacts import ArtifactStore, atomic_write_text
 from readaptir.data import Passage, file_fingerprint, iter_corpus
+from readaptir.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ CHUNK_PASSAGES = 100_000
 EMB_FILE, IDS_FILE, META_FILE = "embeddings.f16", "ids.txt", "meta.json"
 
 
-class EncodeError(ValueError):
+class EncodeError(UserError):
     """A convention of SPEC §2 is violated (no EOS under the pooled position, bad config, ...)."""
 
 

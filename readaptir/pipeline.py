@@ -142,11 +142,32 @@ def _stable_json(f: Path) -> bytes:
 
 
 def ensure_models(cfg: DictConfig) -> None:
-    """Build the tiny stand-in models when the config asks for them (tests, demo)."""
+    """Make ``model.pretrained`` / ``model.retriever`` local folders before anything loads them.
+
+    Tiny stand-ins (tests, demo) are built; hub ids are fetched once (safetensors, configs, tokenizer)
+    and replaced by their local snapshot, so a missing login or network fails here in one line.
+    """
     if cfg.model.get("tiny"):
         from readaptir.tiny import ensure_tiny
 
         ensure_tiny(cfg.model.tiny, Path(cfg.model.pretrained).parents[1])
+        return
+    if not cfg.model.get("readapt", True):
+        return
+    from readaptir.weights import resolve_model_dir
+
+    for field in ("pretrained", "retriever"):
+        ref = str(cfg.model[field])
+        try:
+            cfg.model[field] = str(resolve_model_dir(ref))
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - hub errors come in many classes; all mean the same here
+            raise UserError(
+                f"model.{field}={ref}: not a local folder and fetching it from the Hugging Face Hub failed "
+                f"({e.__class__.__name__}); run `huggingface-cli login` (Llama-2 is gated) with network, or "
+                f"set model.{field}=/path/to/a/local/copy"
+            ) from e
 
 
 def knowledge_corpus_root(cfg: DictConfig) -> Path:
@@ -315,15 +336,6 @@ def run(cfg: DictConfig) -> dict:
 
         print(describe_cell(cfg))
         return {}
-    t0 = time.time()
-    ensure_models(cfg)  # before any process group: save_pretrained skips config.json on ranks > 0
-    if _rank_world()[1] > 1:
-        # Initialise the process group once, for every later PartialState()/Accelerator(): without
-        # cpu=True a CPU-only `accelerate launch`/torchrun would silently run as N single processes.
-        from accelerate import PartialState
-
-        PartialState(cpu=not torch.cuda.is_available())
-    t_models = time.time() - t0
     coords = cell_coords(cfg)
     results: dict[str, Any] = {
         "cell": coords,
@@ -340,6 +352,16 @@ def run(cfg: DictConfig) -> dict:
         path = write_results(cfg, results)
         log.info("Cell %s not applicable: %s (%s)", coords, sub.reason, path)
         return results
+
+    t0 = time.time()
+    ensure_models(cfg)  # before any process group: save_pretrained skips config.json on ranks > 0
+    if _rank_world()[1] > 1:
+        # Initialise the process group once, for every later PartialState()/Accelerator(): without
+        # cpu=True a CPU-only `accelerate launch`/torchrun would silently run as N single processes.
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+    t_models = time.time() - t0
 
     from readaptir.evaluate import evaluate_retriever, paired_test
     from readaptir.tracking import start_tracker

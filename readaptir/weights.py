@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from readaptir.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -31,7 +33,7 @@ _HUB_CACHE_RE = re.compile(r"models--([^/\\]+?)--([^/\\]+?)(?:[/\\]|$)")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ReadaptError(ValueError):
+class ReadaptError(UserError):
     """A model/adapter combination that weight arithmetic must refuse (one line, names the culprit)."""
 
 

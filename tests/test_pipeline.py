@@ -226,3 +226,14 @@ def test_cell_under_two_process_launch(tmp_path):
     assert list((tmp_path / "cache" / "results").rglob("*.json")) == [
         tmp_path / "cache" / "results" / "tiny-llama" / "toy" / "in-domain-both-a0.5-b1-delta.json"
     ]
+
+
+def test_unreachable_hub_model_is_one_clear_line(tmp_path, data_dir):
+    env = {"READAPTIR_DATA": str(data_dir), "READAPTIR_CACHE": str(tmp_path / "c"), "HF_HUB_OFFLINE": "1"}
+    out = run_py(["model=repllama", "dataset=scifact", "tracking.backend=none", f"hydra.run.dir={tmp_path}/j"],
+                 env, tmp_path)  # fmt: skip
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("readaptir: error: model.pretrained=meta-llama/Llama-2-7b-hf")
+    assert "huggingface-cli login" in last
