@@ -152,13 +152,21 @@ class ArtifactStore:
         self.events.append({"kind": kind, "key": key, "reused": reused, "seconds": round(seconds, 3)})
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write a file via a temporary sibling and a rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

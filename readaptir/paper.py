@@ -118,3 +118,8 @@ TABLE3: Final[dict[str, dict[str, tuple[float, float]]]] = {
 }
 #: Table 3's printed Average row: model -> (RA_ms − Base, RA_ms − RA_in).
 TABLE3_AVERAGE: Final = {"repllama": (0.2, -0.5), "e5-mistral": (2.0, 0.3)}
+
+
+def display_name(model: str) -> str:
+    """The paper's spelling of a model name (``repllama`` → RepLLaMA); other names as they are."""
+    return DISPLAY_NAMES.get(model, model)

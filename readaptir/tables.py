@@ -23,217 +23,36 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from readaptir import paper
+from readaptir.artifacts import atomic_write
+from readaptir.figure import Correlation, Point, correlation, figure2, figure2_points  # noqa: F401 (re-exported)
+from readaptir.results import (  # noqa: F401 (re-exported: the tables' public API)
+    CONF_DATASET_DIR,
+    DEMO_LINE,
+    SIGNIFICANCE_LEVEL,
+    CellResult,
+    DatasetMeta,
+    Results,
+    Selection,
+    _meta_for,
+    load_dataset_meta,
+    load_results,
+    parse_record,
+)
 
 log = logging.getLogger(__name__)
 
-CONF_DATASET_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 DASH = "—"
 DAGGER = "†"
-SIGNIFICANCE_LEVEL = 0.05
-DEMO_LINE = "**Demo: these numbers come from random tiny models and mean nothing.**"
 TABLES = ("table1", "table2", "table3", "figure2")
-
-
-# --------------------------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class Selection:
-    """Which point of the (α, β, knowledge_scaling) grid to render, and on which metric."""
-
-    alpha: float = 0.5
-    beta: float = 1.0
-    knowledge_scaling: str = "delta"
-    metric: str = "NDCG@10"
-
-    def describe(self) -> str:
-        return f"α={float(self.alpha)}, β={float(self.beta)}, knowledge_scaling={self.knowledge_scaling}"
-
-
-@dataclass(frozen=True)
-class CellResult:
-    """One finished grid cell: base and readapted scores (fractions) and the paired test."""
-
-    model: str
-    dataset: str
-    adapter: str
-    ablation: str
-    alpha: float
-    beta: float
-    knowledge_scaling: str
-    base: Mapping[str, float]
-    readapted: Mapping[str, float]
-    significance: Mapping[str, Any] = field(default_factory=dict)
-    demo: bool = False
-    corpus_size: int | None = None
-    path: str = ""
-
-    @property
-    def key(self) -> tuple[str, str, str, str, float, float, str]:
-        return _key(
-            self.model,
-            self.dataset,
-            self.adapter,
-            self.ablation,
-            self.alpha,
-            self.beta,
-            self.knowledge_scaling,
-        )
-
-    def score(self, which: str, metric: str) -> float | None:
-        """``which`` ∈ {base, readapted}; the metric × 100, or None when the cell lacks it."""
-        value = (self.base if which == "base" else self.readapted).get(metric)
-        return None if value is None else 100.0 * float(value)
-
-    def delta(self, metric: str) -> float | None:
-        base, ra = self.score("base", metric), self.score("readapted", metric)
-        return None if base is None or ra is None else ra - base
-
-    def significant(self, metric: str, level: float = SIGNIFICANCE_LEVEL) -> bool:
-        """True when the recorded paired test on ``metric`` has p < level (a test on another metric says nothing)."""
-        p = self.significance.get("p_value")
-        return p is not None and self.significance.get("metric", metric) == metric and float(p) < level
-
-
-def _key(model: str, dataset: str, adapter: str, ablation: str, alpha: float, beta: float, scaling: str):
-    # Round α/β so 0.5 parsed from "0.5" and from 0.50000000001 meet in the index.
-    return (model, dataset, adapter, ablation, round(float(alpha), 6), round(float(beta), 6), scaling)
-
-
-class Results:
-    """Finished cells indexed by (model, dataset, adapter, ablation, α, β, knowledge_scaling)."""
-
-    def __init__(self, cells: Iterable[CellResult] = ()) -> None:
-        self._cells: dict[tuple, CellResult] = {}
-        for cell in cells:
-            old = self._cells.get(cell.key)
-            if old is not None:
-                log.warning(
-                    "duplicate result for %s in %s and %s; using the latter", cell.key, old.path, cell.path
-                )
-            self._cells[cell.key] = cell
-
-    def __len__(self) -> int:
-        return len(self._cells)
-
-    def __iter__(self):
-        return iter(self._cells.values())
-
-    def get(self, model: str, dataset: str, adapter: str, ablation: str, sel: Selection) -> CellResult | None:
-        return self._cells.get(
-            _key(model, dataset, adapter, ablation, sel.alpha, sel.beta, sel.knowledge_scaling)
-        )
-
-    def selections(self) -> set[tuple[float, float, str]]:
-        return {(k[4], k[5], k[6]) for k in self._cells}
-
-
-def parse_record(record: Mapping[str, Any], path: str = "<memory>") -> CellResult | None:
-    """A results.json record as a CellResult; None (logged) for not-done or malformed records."""
-    if record.get("status") != "done":
-        log.debug("skipping %s: status=%r %s", path, record.get("status"), record.get("reason", ""))
-        return None
-    cell = record.get("cell")
-    if not isinstance(cell, Mapping):
-        log.warning("skipping results file %s: no 'cell' object", path)
-        return None
-    missing = [k for k in ("model", "dataset", "adapter", "ablation", "alpha", "beta") if k not in cell]
-    if (
-        missing
-        or not isinstance(record.get("base"), Mapping)
-        or not isinstance(record.get("readapted"), Mapping)
-    ):
-        log.warning(
-            "skipping results file %s: missing %s", path, ", ".join(missing) or "base/readapted metrics"
-        )
-        return None
-    for part in ("base", "readapted"):
-        bad = {m: v for m, v in record[part].items() if not 0.0 <= float(v) <= 1.0}
-        if bad:
-            log.warning("results file %s: %s metrics %s are not fractions in [0, 1]", path, part, bad)
-    return CellResult(
-        model=str(cell["model"]),
-        dataset=str(cell["dataset"]),
-        adapter=str(cell["adapter"]),
-        ablation=str(cell["ablation"]),
-        alpha=float(cell["alpha"]),
-        beta=float(cell["beta"]),
-        knowledge_scaling=str(cell.get("knowledge_scaling", "delta")),
-        base={k: float(v) for k, v in record["base"].items()},
-        readapted={k: float(v) for k, v in record["readapted"].items()},
-        significance=dict(record.get("significance") or {}),
-        demo=bool(record.get("demo", False)),
-        corpus_size=record.get("corpus_size"),
-        path=path,
-    )
-
-
-def load_results(results_dir: str | os.PathLike) -> Results:
-    """Every finished cell under ``results_dir`` (recursively, ``*.json``); unreadable files are warned about."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        log.warning("results directory %s does not exist; every cell will show %s", root, DASH)
-        return Results()
-    cells = []
-    for path in sorted(root.rglob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            log.warning("skipping unreadable results file %s: %s", path, err)
-            continue
-        if not isinstance(record, Mapping):
-            log.warning("skipping results file %s: not a JSON object", path)
-            continue
-        try:
-            cell = parse_record(record, str(path))
-        except (TypeError, ValueError) as err:
-            log.warning("skipping results file %s: %s", path, err)
-            continue
-        if cell is not None:
-            cells.append(cell)
-    log.info("loaded %d finished cells from %s", len(cells), root)
-    return Results(cells)
-
-
-# ------------------------------------------------------------------------------------ dataset metadata
-@dataclass(frozen=True)
-class DatasetMeta:
-    name: str
-    corpus_size: int | None = None
-    seen_by: tuple[str, ...] = ()
-
-
-def load_dataset_meta(conf_dir: str | os.PathLike = CONF_DATASET_DIR) -> dict[str, DatasetMeta]:
-    """name -> corpus_size and seen_by, from ``conf/dataset/**/*.yaml`` (demo datasets included)."""
-    from omegaconf import OmegaConf
-
-    root = Path(conf_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset config directory {root} not found (pass --conf-dir)")
-    meta = {}
-    for path in sorted(root.rglob("*.yaml")):
-        cfg = OmegaConf.load(path)
-        name = str(cfg.get("name", path.stem))
-        size = cfg.get("corpus_size")
-        meta[name] = DatasetMeta(name, None if size is None else int(size), tuple(cfg.get("seen_by") or ()))
-    return meta
-
-
-def _meta_for(meta: Mapping[str, DatasetMeta], dataset: str) -> DatasetMeta:
-    if dataset not in meta:
-        log.warning("no metadata for dataset %r: treated as zero-shot, corpus size unknown", dataset)
-        return DatasetMeta(dataset)
-    return meta[dataset]
 
 
 # ----------------------------------------------------------------------------------------- the tables
@@ -371,10 +190,6 @@ def _tex(text: str) -> str:
     return "".join(_TEX_UNICODE.get(ch, ch) for ch in text)
 
 
-def _display(model: str) -> str:
-    return paper.DISPLAY_NAMES.get(model, model)
-
-
 def _mean(values: Sequence[float | None]) -> float | None:
     """Mean only when every value is present (and there is at least one): a partial average is no average."""
     if not values or any(v is None for v in values):
@@ -428,7 +243,7 @@ def table1(
         "table1",
         _header(1, "RE-AdaptIR (RA) vs the base retriever, adapter=in-domain, ablation=both", sel, models),
         ["Dataset"],
-        [(_display(m), sub) for m in models],
+        [(paper.display_name(m), sub) for m in models],
     )
     # model -> dataset -> its cell (or None), kept to average over after the per-dataset rows.
     ours: dict[str, dict[str, CellResult | None]] = {
@@ -461,7 +276,8 @@ def table1(
             cells += [Cell(pb), Cell(pr), Cell(None if pb is None else pr - pb, signed=True)]  # type: ignore[operator]
         t.rows.append(([label], cells))
     seen = "; ".join(
-        f"{_display(m)}: {', '.join(d for d in datasets if d not in zero_shot[m]) or 'none'}" for m in models
+        f"{paper.display_name(m)}: {', '.join(d for d in datasets if d not in zero_shot[m]) or 'none'}"
+        for m in models
     )
     t.notes = _common_notes(sel, "RA differs significantly from Base") + [
         f"Average zero-shot leaves out the datasets each model saw in training (seen_by): {seen}.",
@@ -513,7 +329,7 @@ def table2(
                     _ours_cell(r, "delta", sel, dagger=True),
                     Cell(paper.TABLE2.get(m, {}).get(d, {}).get(a), signed=True),
                 ]
-            t.rows.append(([_display(m), d], cells))
+            t.rows.append(([paper.display_name(m), d], cells))
     t.notes = _common_notes(sel, "RA differs significantly from Base")
     _warn_missing("table2", results, len(models) * len(datasets) * len(paper.ABLATIONS), found, sel)
     return t
@@ -541,7 +357,7 @@ def table3(
             models,
         ),
         ["Dataset"],
-        [(_display(m), sub) for m in models],
+        [(paper.display_name(m), sub) for m in models],
     )
     cols: dict[str, list[tuple[float | None, float | None]]] = {m: [] for m in models}
     found = 0
@@ -622,221 +438,13 @@ def render_table1_markdown(
     return table1(_as_results(results), models, datasets, selection, meta).markdown()
 
 
-# -------------------------------------------------------------------------------------------- figure 2
-@dataclass(frozen=True)
-class Correlation:
-    n: int
-    pearson_r: float
-    pearson_p: float
-    spearman_rho: float
-    spearman_p: float
-
-
-def correlation(corpus_sizes: Sequence[float], deltas: Sequence[float]) -> Correlation:
-    """Pearson and Spearman of log10(corpus size) against RA − Base; NaN below 3 points or for constant data."""
-    import numpy as np
-    from scipy import stats
-
-    x, y = np.log10(np.asarray(corpus_sizes, dtype=float)), np.asarray(deltas, dtype=float)
-    nan = float("nan")
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return Correlation(len(x), nan, nan, nan, nan)
-    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
-    return Correlation(len(x), float(pr[0]), float(pr[1]), float(sr[0]), float(sr[1]))
-
-
-@dataclass(frozen=True)
-class Point:
-    source: str  # "ours" or "paper"
-    model: str
-    dataset: str
-    corpus_size: int
-    delta: float  # RA − Base, × 100
-
-
-def figure2_points(
-    results: Results,
-    models: Sequence[str] = paper.MODELS,
-    datasets: Sequence[str] = paper.DATASETS,
-    selection: Selection = Selection(),
-    meta: Mapping[str, DatasetMeta] | None = None,
-) -> list[Point]:
-    """Table 1 cells (ours, then the paper's) as (corpus size, RA − Base) points; cells without either are left out."""
-    meta = load_dataset_meta() if meta is None else meta
-    points = []
-    for m in models:
-        for d in datasets:
-            r = results.get(m, d, "in-domain", "both", selection)
-            size = (r and r.corpus_size) or _meta_for(meta, d).corpus_size
-            if r is not None and size and (delta := r.delta(selection.metric)) is not None:
-                points.append(Point("ours", m, d, int(size), delta))
-    for m in models:
-        for d in datasets:
-            p, size = paper.TABLE1.get(m, {}).get(d), meta[d].corpus_size if d in meta else None
-            if p is not None and size:
-                points.append(Point("paper", m, d, size, p[1] - p[0]))
-    return points
-
-
-def _fmt(x: float, spec: str = "+.2f") -> str:
-    return "n/a" if math.isnan(x) else format(x, spec)
-
-
-def figure2(
-    results: Results,
-    out_dir: str | os.PathLike,
-    models: Sequence[str] = paper.MODELS,
-    datasets: Sequence[str] = paper.DATASETS,
-    selection: Selection = Selection(),
-    meta: Mapping[str, DatasetMeta] | None = None,
-) -> str:
-    """Write figure2.png (ours | paper panels) and figure2.csv; return a Markdown summary of the correlations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sel, out = selection, Path(out_dir)
-    points = figure2_points(results, models, datasets, sel, meta)
-    corr = {}
-    for source in ("ours", "paper"):
-        for m in models:
-            pts = [p for p in points if p.source == source and p.model == m]
-            if pts:
-                corr[source, m] = correlation([p.corpus_size for p in pts], [p.delta for p in pts])
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, source, title in zip(
-        axes, ("ours", "paper"), ("This reproduction", "Paper (Table 1)"), strict=True
-    ):
-        for i, m in enumerate(models):
-            pts = [p for p in points if p.source == source and p.model == m]
-            if not pts:
-                continue
-            c = corr[source, m]
-            color = f"C{i}"
-            label = (
-                f"{_display(m)} (n={c.n}, Pearson r={_fmt(c.pearson_r)}, Spearman ρ={_fmt(c.spearman_rho)})"
-            )
-            face = color if source == "ours" else "none"
-            ax.scatter(
-                [p.corpus_size for p in pts],
-                [p.delta for p in pts],
-                facecolors=face,
-                edgecolors=color,
-                label=label,
-            )
-            for p in pts:
-                ax.annotate(
-                    p.dataset, (p.corpus_size, p.delta), fontsize=7, xytext=(3, 3), textcoords="offset points"
-                )
-        ax.set_xscale("log")
-        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("corpus size (passages, log scale)")
-        ax.set_title(title)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
-        else:
-            ax.text(0.5, 0.5, "no points", transform=ax.transAxes, ha="center")
-    axes[0].set_ylabel(f"RA − Base ({sel.metric} × 100)")
-    fig.suptitle(f"Figure 2: corpus size vs RA − Base (adapter=in-domain, ablation=both; {sel.describe()})")
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=150)
-    plt.close(fig)
-    _write_atomic(out / "figure2.png", png.getvalue())
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(
-        [
-            "kind",
-            "source",
-            "model",
-            "dataset",
-            "corpus_size",
-            "log10_corpus_size",
-            "ra_minus_base",
-            "n",
-            "pearson_r",
-            "pearson_p",
-            "spearman_rho",
-            "spearman_p",
-        ]
-    )
-    for p in points:
-        w.writerow(
-            [
-                "point",
-                p.source,
-                p.model,
-                p.dataset,
-                p.corpus_size,
-                f"{math.log10(p.corpus_size):.6f}",
-                f"{p.delta:.6f}",
-                "",
-                "",
-                "",
-                "",
-                "",
-            ]
-        )
-    for (source, m), c in corr.items():
-        w.writerow(
-            [
-                "correlation",
-                source,
-                m,
-                "",
-                "",
-                "",
-                "",
-                c.n,
-                *(f"{v:.6f}" for v in (c.pearson_r, c.pearson_p, c.spearman_rho, c.spearman_p)),
-            ]
-        )
-    _write_atomic(out / "figure2.csv", buf.getvalue())
-
-    demo = any(r.demo for m in models for d in datasets if (r := results.get(m, d, "in-domain", "both", sel)))
-    lines = [
-        f"**Figure 2.** Corpus size vs RA − Base ({sel.metric} × 100), adapter=in-domain, ablation=both; "
-        f"{sel.describe()}; correlations of log10(corpus size) with RA − Base.",
-        *([DEMO_LINE] if demo else []),
-        "",
-        "| Source | Model | n | Pearson r | p | Spearman ρ | p |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for (source, m), c in corr.items():
-        lines.append(
-            f"| {source} | {_display(m)} | {c.n} | {_fmt(c.pearson_r)} | {_fmt(c.pearson_p, '.3g')} | "
-            f"{_fmt(c.spearman_rho)} | {_fmt(c.spearman_p, '.3g')} |"
-        )
-    lines += ["", "- Plot: figure2.png (filled: ours, hollow: paper); points and correlations: figure2.csv."]
-    md = "\n".join(lines) + "\n"
-    _write_atomic(out / "figure2.md", md)
-    return md
-
-
 # ------------------------------------------------------------------------------------------- writing
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(table: Table, out_dir: str | os.PathLike) -> str:
     """Write ``<name>.md``, ``.tex`` and ``.csv`` into ``out_dir``; return the Markdown."""
     out, md = Path(out_dir), table.markdown()
-    _write_atomic(out / f"{table.name}.md", md)
-    _write_atomic(out / f"{table.name}.tex", table.latex())
-    _write_atomic(out / f"{table.name}.csv", table.csv())
+    atomic_write(out / f"{table.name}.md", md)
+    atomic_write(out / f"{table.name}.tex", table.latex())
+    atomic_write(out / f"{table.name}.csv", table.csv())
     return md
 
 
