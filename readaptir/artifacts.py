@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,26 +126,76 @@ class ArtifactStore:
             t0 = time.time()
             try:
                 fn(tmp)
-                with open(tmp / DONE, "w") as f:
-                    json.dump(
-                        {
-                            "key": key,
-                            "kind": kind,
-                            "meta": canonical(meta or {}),
-                            "seconds": round(time.time() - t0, 3),
-                            "finished": time.time(),
-                        },
-                        f,
-                        indent=1,
-                    )
-                if final.exists():  # an unfinished leftover without .done
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
+                self._publish(kind, key, tmp, meta, t0)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            self._record(kind, key, reused=False, seconds=time.time() - t0)
             return final
+
+    def build_collective(
+        self,
+        kind: str,
+        key: str,
+        fn: Callable[[Path], Any],
+        meta: Mapping[str, Any] | None = None,
+        prepare: Callable[[Path], Any] | None = None,
+        finish: Callable[[Path], Any] | None = None,
+    ) -> Path:
+        """:meth:`build` for a product that every rank of an ``accelerate launch`` must help make.
+
+        DDP training and sharded encoding need all ranks inside ``fn`` at once, so the ranks cannot take
+        turns on the lock. Rank 0 holds the key's lock for the whole build (another job wanting the same
+        product waits, then reuses it), decides whether to build and broadcasts that decision (ranks never
+        disagree about a product finishing meanwhile); ``prepare`` runs on rank 0 first, then ``fn`` on
+        every rank in a shared temporary folder, then ``finish`` on rank 0, which publishes the folder.
+        In a single process this is :meth:`build` of prepare → fn → finish.
+        """
+
+        def whole(tmp: Path) -> None:
+            for step in (prepare, fn, finish):
+                if step is not None:
+                    step(tmp)
+
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return self.build(kind, key, whole, meta)
+        import torch.distributed as dist
+        from accelerate import PartialState
+
+        state = PartialState()
+        final = self.path(key)
+        main = state.is_main_process
+        with self.lock(key) if main else nullcontext():
+            decision = [self.is_done(key) if main else None]
+            dist.broadcast_object_list(decision, src=0)
+            if decision[0]:
+                self._record(kind, key, reused=True)
+                return final
+            tmp = final.parent / f".tmp-{key}-collective"  # one name all ranks agree on
+            t0 = time.time()
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)  # a killed job's leftover; we hold the lock
+                tmp.mkdir(parents=True)
+                if prepare is not None:
+                    prepare(tmp)
+            state.wait_for_everyone()
+            fn(tmp)
+            state.wait_for_everyone()
+            if main:
+                if finish is not None:
+                    finish(tmp)
+                self._publish(kind, key, tmp, meta, t0)
+            state.wait_for_everyone()
+        return final
+
+    def _publish(self, kind: str, key: str, tmp: Path, meta: Mapping[str, Any] | None, t0: float) -> None:
+        final = self.path(key)
+        with open(tmp / DONE, "w") as f:
+            json.dump({"key": key, "kind": kind, "meta": canonical(meta or {}),
+                       "seconds": round(time.time() - t0, 3), "finished": time.time()}, f, indent=1)  # fmt: skip
+        if final.exists():  # an unfinished leftover without .done
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self._record(kind, key, reused=False, seconds=time.time() - t0)
 
     def _record(self, kind: str, key: str, reused: bool, seconds: float = 0.0) -> None:
         log.info("%s %s artifact %s", "Reused" if reused else "Built", kind, key)

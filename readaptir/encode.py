@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,20 +237,13 @@ def load_base_retriever(
 ) -> tuple[torch.nn.Module, Any]:
     """Base retriever as an ``AutoModel`` (no LM head) + tokenizer, in eval mode on ``device``.
 
-    RepLLaMA-style (``retriever_kind: lora``): ``AutoModel(pretrained)`` with the PEFT LoRA merged in.
-    e5-style (``full``): ``AutoModel(retriever)``. Tiny configs build their stand-ins first.
-    ``dtype`` None: the config's ``torch_dtype`` on CUDA, float32 on CPU (bf16 matmuls are slow there).
+    RepLLaMA-style (``retriever_kind: lora``): the LoRA merged into ``AutoModel(pretrained)``; e5-style
+    (``full``): the retriever's weights; both through readaptir.readapt (float32 arithmetic, one cast).
+    Tiny configs build their stand-ins first. ``dtype`` None: :func:`model_dtype`.
     """
-    from transformers import AutoModel, AutoTokenizer
-
-    if device is None:  # under `accelerate launch` each rank takes its own GPU
-        rank_device = _dist()[3]
-        device = rank_device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = torch.device(default_device() if device is None else device)
     if dtype is None:
-        dtype = (
-            resolve_dtype(model_cfg.get("torch_dtype", "auto")) if device.type == "cuda" else torch.float32
-        )
+        dtype = model_dtype(model_cfg, {}, device)
     elif not isinstance(dtype, torch.dtype):
         dtype = resolve_dtype(dtype, device)
     if model_cfg.get("tiny"):
@@ -261,20 +253,47 @@ def load_base_retriever(
     kind = model_cfg.get("retriever_kind", "full")
     retriever = str(model_cfg["retriever"])
     log.info("Loading %s retriever %s (%s, %s) on %s", model_cfg.get("name"), retriever, kind, dtype, device)
-    if kind == "lora":
-        from peft import PeftModel
-
-        base = AutoModel.from_pretrained(str(model_cfg["pretrained"]), dtype=dtype)
-        model = PeftModel.from_pretrained(base, retriever).merge_and_unload()
-    elif kind == "full":
-        model = AutoModel.from_pretrained(retriever, dtype=dtype)
-    else:
+    if kind not in ("lora", "full"):
         raise EncodeError(f"model.retriever_kind={kind!r}: use lora or full")
+    from readaptir.readapt import load_base_retriever as merged_retriever
+
+    # The same float32-then-one-cast arithmetic that builds the readapted retriever (α=0, β=1), not PEFT's
+    # merge in the load dtype: in bf16 that rounds twice, and RA − Base would then carry a rounding
+    # difference on every LoRA-touched matrix instead of the method's effect alone.
+    model = merged_retriever(str(model_cfg["pretrained"]), retriever, dtype=dtype, device=device)
+    return model.eval(), load_tokenizer(model_cfg)
+
+
+def default_device() -> torch.device:
+    """This process's device: its own GPU under ``accelerate launch``, else cuda when present, else cpu."""
+    rank_device = _dist()[3]
+    return rank_device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
+    """The retriever's tokenizer (the base model's when a LoRA repo ships none); base and readapted share it."""
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(retriever)
-    except (OSError, ValueError):  # LoRA repos may ship no tokenizer: the base model's is the same
-        tokenizer = AutoTokenizer.from_pretrained(str(model_cfg["pretrained"]))
-    return model.to(device).eval(), tokenizer
+        return AutoTokenizer.from_pretrained(str(model_cfg["retriever"]))
+    except (OSError, ValueError):
+        return AutoTokenizer.from_pretrained(str(model_cfg["pretrained"]))
+
+
+def model_dtype(
+    model_cfg: Mapping[str, Any], encode_cfg: Mapping[str, Any], device: str | torch.device
+) -> torch.dtype:
+    """One dtype for the base and the readapted retriever of a cell, so RA − Base never mixes precisions.
+
+    ``encode.dtype`` when set; ``auto``: the model's ``torch_dtype`` on CUDA (bf16 for the 7B models),
+    float32 on CPU (where bf16 matmuls are slow).
+    """
+    name = encode_cfg.get("dtype", "auto")
+    if name not in (None, "auto"):
+        return resolve_dtype(name)
+    if torch.device(device).type == "cuda":
+        return resolve_dtype(model_cfg.get("torch_dtype") or "auto", device)
+    return torch.float32
 
 
 # ---------------------------------------------------------------------------------------------- queries
@@ -337,13 +356,18 @@ class CorpusEmbeddings:
             yield start, np.asarray(self.matrix[start : start + chunk_size])
 
 
+def check_ids(ids: Sequence[str]) -> None:
+    """Doc ids are stored one per line: refuse the ones that would shift every later row."""
+    for doc_id in ids:
+        if "\n" in doc_id or "\r" in doc_id:
+            raise EncodeError(f"doc id {doc_id!r} contains a line break; ids.txt stores one id per line")
+
+
 def write_corpus_files(
     out_dir: Path, ids: Sequence[str], dim: int, key: str, fill: Callable[[np.memmap], None]
 ) -> None:
     """Create the float16 memmap + ids + meta in ``out_dir``; ``fill(memmap)`` writes the rows."""
-    for doc_id in ids:
-        if "\n" in doc_id:
-            raise EncodeError(f"doc id {doc_id!r} contains a newline; ids.txt stores one id per line")
+    check_ids(ids)
     matrix = np.memmap(out_dir / EMB_FILE, dtype=np.float16, mode="w+", shape=(max(len(ids), 1), dim))
     fill(matrix)
     matrix.flush()
@@ -409,18 +433,17 @@ def encode_corpus_cached(
 
     Streams the corpus in chunks of ``CHUNK_PASSAGES``: tokenize, sort by length, encode, write rows in
     place. Distributed (``accelerate launch``): every rank encodes its share of batches into a shared
-    work file; rank 0 then moves it into the store.
+    temporary folder (``ArtifactStore.build_collective``); rank 0 then publishes it.
     """
     dtype = str(next(backbone(model).parameters()).dtype).removeprefix("torch.")
     key = embedding_key(store, parent_key, model_cfg, dataset_cfg, corpus_root, dtype)
-    rank, world, barrier, _ = _dist()
+    rank, world, _, _ = _dist()
     max_len = int(model_cfg.get("passage_max_len", 512))
     pad_id, eos_id = pad_id_for(tokenizer, model_cfg), tokenizer.eos_token_id
     budget, max_bs = int(encode_cfg.get("token_budget", 65536)), int(encode_cfg.get("max_batch_size", 256))
     normalize = bool(model_cfg.get("normalize", True))
     dim = int(backbone(model).config.hidden_size)
     ids: list[str] = []  # filled by a first pass over the corpus (row count and order) when building
-    work = store.work_dir(key)
 
     def encode_into(matrix: np.memmap) -> None:
         def chunks() -> Iterator[tuple[int, list[Passage]]]:
@@ -458,31 +481,24 @@ def encode_corpus_cached(
                     progress=bar,
                 )
 
-    if world > 1 and not store.is_done(key):  # ranks share one work file, then rank 0 publishes it
-        ids.extend(p.doc_id for p in iter_corpus(corpus_root))
-        shape = (max(len(ids), 1), dim)
-        if rank == 0:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            np.memmap(work / EMB_FILE, dtype=np.float16, mode="w+", shape=shape).flush()
-        barrier()
-        encode_into(np.memmap(work / EMB_FILE, dtype=np.float16, mode="r+", shape=shape))
-        barrier()
-        if rank == 0:
-
-            def publish(tmp: Path) -> None:
-                os.replace(work / EMB_FILE, tmp / EMB_FILE)  # same filesystem: a rename, no 72 GB copy
-                write_ids_meta(tmp, ids, dim, key)
-
-            store.build("embeddings", key, publish)
-            shutil.rmtree(work, ignore_errors=True)
-        barrier()
-    else:
-
-        def build(tmp: Path) -> None:
+    def read_ids() -> None:
+        if not ids:
             ids.extend(p.doc_id for p in iter_corpus(corpus_root))
-            write_corpus_files(tmp, ids, dim, key, encode_into)
+            check_ids(ids)
 
-        meta = {"model": model_cfg.get("name"), "dataset": dataset_cfg.get("name")}
-        store.build("embeddings", key, build, meta=meta)
+    def prepare(tmp: Path) -> None:  # rank 0 (or the only process): an empty memmap filled in place
+        read_ids()
+        np.memmap(tmp / EMB_FILE, dtype=np.float16, mode="w+", shape=(max(len(ids), 1), dim)).flush()
+
+    def fill(tmp: Path) -> None:  # every rank: its share of the batches (all of them in one process)
+        read_ids()
+        matrix = np.memmap(tmp / EMB_FILE, dtype=np.float16, mode="r+", shape=(max(len(ids), 1), dim))
+        encode_into(matrix)
+        matrix.flush()  # before the barrier, so rank 0 never publishes rows still in another node's cache
+        del matrix
+
+    meta = {"model": model_cfg.get("name"), "dataset": dataset_cfg.get("name")}
+    store.build_collective(
+        "embeddings", key, fill, meta, prepare=prepare, finish=lambda tmp: write_ids_meta(tmp, ids, dim, key)
+    )
     return CorpusEmbeddings.open(store.path(key), key)

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,20 +186,23 @@ def evaluate_retriever(
     tokenizer: Any = None,
     weights_key: str | None = None,
     out_dir: str | os.PathLike | None = None,
+    model_loader: Callable[[], tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one retriever on ``cfg.dataset``: the base of ``cfg.model`` (or a baseline) or ``model``.
 
     ``model``/``tokenizer`` are an in-memory readapted retriever, identified by ``weights_key`` (needed
-    to address its embeddings). The run is an artifact keyed by the embeddings, queries, qrels and
-    ``top_k``; when it exists, no model is loaded at all.
+    to address its embeddings); ``model_loader`` builds one only when needed (same ``weights_key`` rule,
+    dtype :func:`readaptir.encode.model_dtype`). The run is an artifact keyed by the embeddings, queries,
+    qrels and ``top_k``; when it exists, no model is loaded or built at all.
     """
     from readaptir import baselines
     from readaptir.encode import (
+        default_device,
         embedding_key,
         encode_corpus_cached,
         encode_queries,
         load_base_retriever,
-        resolve_dtype,
+        model_dtype,
     )
     from readaptir.search import search
 
@@ -247,8 +250,18 @@ def evaluate_retriever(
             parent = f"base:{model_cfg['name']}:{Path(baselines.minilm_path()).name}"
             dtype = "float32"
         elif model is None:
+            if model_loader is not None and not weights_key:
+                raise ValueError(
+                    "evaluate_retriever: a model_loader needs weights_key (e.g. the readapted key)"
+                )
             parent = weights_key or f"base:{model_cfg['name']}:{model_cfg.get('retriever')}"
-            dtype = str(resolve_dtype(encode_cfg.get("dtype", "auto"))).removeprefix("torch.")
+            base_dtype = model_dtype(model_cfg, encode_cfg, default_device())
+            dtype = str(base_dtype).removeprefix("torch.")
+
+            def load() -> tuple[Any, Any]:
+                if model_loader is not None:
+                    return model_loader()
+                return load_base_retriever(model_cfg, dtype=base_dtype)
         else:
             if not weights_key:
                 raise ValueError(
@@ -274,9 +287,7 @@ def evaluate_retriever(
                 qids, q_emb = baselines.minilm_encode_queries(st, model_cfg, dataset_cfg, queries)
             else:
                 if model is None:
-                    model, tokenizer = load_base_retriever(
-                        model_cfg, dtype=resolve_dtype(encode_cfg.get("dtype"))
-                    )
+                    model, tokenizer = load()
                 seconds["load_model"] = time.time() - t
                 t = time.time()
                 corpus = encode_corpus_cached(
@@ -302,21 +313,30 @@ def evaluate_retriever(
         artifacts.append({"kind": "embeddings", "key": emb_key, "path": str(store.path(emb_key))})
 
     meta = {"model": model_cfg.get("name"), "dataset": dataset_cfg["name"]}
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and family not in ("lexical", "bert") and not store.is_done(run_key):
-        # Under `accelerate launch` every rank must join the sharded corpus encoding, so none may wait
-        # on the run's lock meanwhile: encode on all ranks first, then rank 0 alone searches (reusing
-        # the embeddings) while the others wait at the barrier.
-        from accelerate import PartialState
+    if family in ("lexical", "bert"):
+        run_path = store.build("run", run_key, produce, meta=meta) / RUN_FILE
+    else:
 
-        state = PartialState()
-        if model is None:
-            model, tokenizer = load_base_retriever(model_cfg, dtype=resolve_dtype(encode_cfg.get("dtype")))
-        encode_corpus_cached(store, parent, model, tokenizer, model_cfg, dataset_cfg, root, encode_cfg)
-        if state.is_main_process:
-            store.build("run", run_key, produce, meta=meta)
-        state.wait_for_everyone()
-    run_path = store.build("run", run_key, produce, meta=meta) / RUN_FILE
+        def encode_all_ranks(tmp: Path) -> None:
+            # Under `accelerate launch` every rank joins the sharded corpus encoding (a collective
+            # product of its own); rank 0 alone then searches, reusing those embeddings.
+            nonlocal model, tokenizer
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                if model is None:
+                    model, tokenizer = load()
+                encode_corpus_cached(
+                    store, parent, model, tokenizer, model_cfg, dataset_cfg, root, encode_cfg
+                )
+
+        def search_rank0(tmp: Path) -> None:
+            from accelerate import PartialState
+
+            if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or PartialState().is_main_process:
+                produce(tmp)
+
+        run_path = (
+            store.build_collective("run", run_key, encode_all_ranks, meta, finish=search_rank0) / RUN_FILE
+        )
     artifacts.append({"kind": "run", "key": run_key, "path": str(run_path.parent)})
     t = time.time()
     run = load_run(run_path)

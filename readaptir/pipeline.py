@@ -281,26 +281,61 @@ def ensure_adapter(
             )
         )
 
-    rank, world = _rank_world()
-    if world > 1 and not store.is_done(key):
-        # Under `accelerate launch` every rank must join training (DDP), so no rank may sit on the
-        # store's lock meanwhile: all train into a shared folder, then rank 0 publishes it.
-        from accelerate import PartialState
-
-        shared = store.root / "work" / f"{key}.out"
-        train(shared)
-        if rank == 0:
-            store.build(
-                "adapter", key, lambda tmp: [os.replace(f, tmp / f.name) for f in shared.iterdir()], meta=meta
-            )
-            shared.rmdir()
-        PartialState().wait_for_everyone()
-        path = store.path(key)
-    else:
-        path = store.build("adapter", key, train, meta=meta)
+    # Under `accelerate launch` every rank joins training (DDP) in one shared folder; rank 0 publishes.
+    path = store.build_collective("adapter", key, train, meta=meta)
     if not stats and (path / "train_stats.json").is_file():
         stats = json.loads((path / "train_stats.json").read_text())
     return path, key, stats
+
+
+def evaluate_readapted(
+    cfg: DictConfig, store: ArtifactStore, adapter_path: Path, ra_key: str
+) -> tuple[dict, dict]:
+    """Evaluate W_pre + α·Ψ + β·Δ, building the 7B model in memory only when its run is not cached.
+
+    The delta report is kept as the ``readapted`` artifact (and the model itself beside it with
+    ``readapt.save_model=true``), so a rerun of a finished cell builds nothing.
+    """
+    from readaptir.encode import default_device, load_tokenizer, model_dtype
+    from readaptir.evaluate import evaluate_retriever
+    from readaptir.readapt import build_readapted_model
+
+    device = default_device()
+    dtype = model_dtype(cfg.model, cfg.encode, device)  # the base retriever's dtype too
+    tokenizer = load_tokenizer(cfg.model)
+    model_key = store.key("retriever", {}, parents=[ra_key])
+    built: dict[str, Any] = {}
+
+    def load() -> tuple[Any, Any]:
+        if "model" not in built:
+            built["model"], built["report"] = build_readapted_model(
+                cfg.model.pretrained,
+                cfg.model.retriever,
+                adapter_path,
+                alpha=cfg.readapt.alpha,
+                beta=cfg.readapt.beta,
+                knowledge_scaling=cfg.readapt.knowledge_scaling,
+                dtype=dtype,
+                device=device,
+            )
+            report = built["report"]
+            store.build("readapted", ra_key, lambda tmp: (tmp / "report.json").write_text(json.dumps(report)))
+            if cfg.readapt.save_model and _rank_world()[0] == 0:
+                store.build("retriever", model_key, lambda tmp: _save_model(built["model"], tokenizer, tmp))
+        return built["model"], tokenizer
+
+    if not store.is_done(ra_key) or (cfg.readapt.save_model and not store.is_done(model_key)):
+        load()
+    ra = evaluate_retriever(cfg, store, weights_key=ra_key, model_loader=load)
+    built.pop("model", None)
+    report = json.loads((store.path(ra_key) / "report.json").read_text())
+    return ra, report
+
+
+def _save_model(model: Any, tokenizer: Any, out: Path) -> None:
+    """An ``AutoModel.from_pretrained``-loadable folder of the in-memory readapted retriever."""
+    model.save_pretrained(out, max_shard_size="5GB")
+    tokenizer.save_pretrained(out)
 
 
 def _flat(d: dict, prefix: str) -> dict[str, Any]:
@@ -392,16 +427,6 @@ def run(cfg: DictConfig) -> dict:
         results["base"] = base["metrics"]
         artifacts = {"base_weights": base_key, "base": base.get("artifacts", [])}
         if readapt:
-            from readaptir.readapt import build_readapted_model, save_readapted
-
-            # The model's dtype on CUDA (bf16 for the 7B retrievers); float32 on CPU, where bf16 is slow.
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            dtype = (
-                getattr(torch, cfg.model.get("torch_dtype") or "float32")
-                if device == "cuda"
-                else torch.float32
-            )
-
             with _timed(timings, "train_adapter"):
                 adapter_path, akey, train_stats = ensure_adapter(cfg, store, sub, tracker)
             ra_key = store.key(
@@ -413,37 +438,8 @@ def run(cfg: DictConfig) -> dict:
                 },
                 parents=[base_key, akey],
             )
-            with _timed(timings, "readapt"):
-                model, report = build_readapted_model(
-                    cfg.model.pretrained,
-                    cfg.model.retriever,
-                    adapter_path,
-                    alpha=cfg.readapt.alpha,
-                    beta=cfg.readapt.beta,
-                    knowledge_scaling=cfg.readapt.knowledge_scaling,
-                    dtype=dtype,
-                    device=device,
-                )
-                if cfg.readapt.save_model and rank == 0:
-                    store.build(
-                        "readapted",
-                        ra_key,
-                        lambda tmp: save_readapted(
-                            tmp / "model",
-                            cfg.model.pretrained,
-                            cfg.model.retriever,
-                            adapter_path,
-                            alpha=cfg.readapt.alpha,
-                            beta=cfg.readapt.beta,
-                            knowledge_scaling=cfg.readapt.knowledge_scaling,
-                        ),
-                    )
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)
-            with _timed(timings, "evaluate_readapted"):
-                ra = evaluate_retriever(cfg, store, model=model, tokenizer=tokenizer, weights_key=ra_key)
-            del model
+            with _timed(timings, "readapt_and_evaluate"):
+                ra, report = evaluate_readapted(cfg, store, adapter_path, ra_key)
             results["readapted"] = ra["metrics"]
             results["delta"] = {
                 k: round(ra["metrics"][k] - base["metrics"][k], 6)

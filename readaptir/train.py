@@ -496,6 +496,11 @@ def train_knowledge_adapter(
                 f"loss is {step_loss} at step {step + 1}/{total_steps}; stopped. Last good "
                 f"checkpoint: {last_good or 'none (nothing saved yet)'}"
             )
+        if world > 1:
+            # DDP averages the ranks' gradients, a mean of per-rank token means; rescaling each rank's
+            # loss by world · n_targets / global targets makes it the gradient of the global
+            # token-weighted mean, as in one process (ranks' batches differ in target count).
+            loss = loss * (world * n_targets / max(stats[1], 1))
         accelerator.backward(loss)
         norm = accelerator.clip_grad_norm_(trainable, float(max_grad_norm) if max_grad_norm else float("inf"))
         grad_norm = float(norm) if norm is not None else float("nan")

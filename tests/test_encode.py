@@ -11,6 +11,7 @@ import readaptir.encode as enc
 from readaptir.artifacts import ArtifactStore
 from readaptir.data import iter_corpus
 from readaptir.encode import (
+    CorpusEmbeddings,
     EncodeError,
     build_input_ids,
     embed_batch,
@@ -184,41 +185,53 @@ def test_encode_corpus_cached(tmp_path, tiny_llama, llama, toy_dir, monkeypatch)
     assert qids == ["a", "b"] and q.shape == (2, 64) and q.dtype == np.float32
 
 
-def test_sharded_encoding_fills_every_row(tmp_path, tiny_llama, llama, toy_dir, monkeypatch):
-    """Two 'ranks' (threads with a shared barrier) encode alternate batches into one work file."""
-    import threading
+DDP_SCRIPT = """
+import json, os, sys
+from accelerate import PartialState
+state = PartialState(cpu=True)
+import readaptir.encode as enc
+from readaptir.artifacts import ArtifactStore
+cfg, store_dir, toy, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+model, tok = enc.load_base_retriever(cfg, device="cpu")
+counted = [0]
+real = enc.embed_batch
+def counting(model, rows, *a, **k):
+    counted[0] += len(rows)
+    return real(model, rows, *a, **k)
+enc.embed_batch = counting
+task = {"name": "toy", "beir_name": "toy", "task": "t"}
+emb = enc.encode_corpus_cached(ArtifactStore(store_dir), "base:x", model, tok, cfg, task, toy,
+                               {"token_budget": 512, "max_batch_size": 8})
+with open(f"{out}.{state.process_index}", "w") as f:
+    json.dump({"encoded": counted[0], "key": emb.key, "path": str(emb.path)}, f)
+"""
+
+
+@pytest.mark.slow
+def test_sharded_encoding_fills_every_row(tmp_path, tiny_llama, llama, toy_dir):
+    """Two real processes (torchrun, gloo): alternate batches each, every passage once, same rows."""
+    import json
+    import os
+    import subprocess
+    import sys
 
     model, tok = llama
     cfg = _cfg(REPLLAMA, tiny_llama)
     single = encode_corpus_cached(
-        ArtifactStore(tmp_path / "one"), "base:x", model, tok, cfg, TASK, toy_dir, ENCODE
+        ArtifactStore(tmp_path / "one"), "base:x", model, tok, cfg, {**TASK, "task": "t"}, toy_dir, ENCODE
     )
-    barrier, local = threading.Barrier(2), threading.local()
-    monkeypatch.setattr(enc, "_dist", lambda: (local.rank, 2, barrier.wait, None))
-    store, results, errors = ArtifactStore(tmp_path / "two"), {}, []
-    encoded = {0: 0, 1: 0}
-    real_embed = enc.embed_batch
-
-    def counting_embed(model, rows, *a, **k):
-        encoded[local.rank] += len(rows)
-        return real_embed(model, rows, *a, **k)
-
-    monkeypatch.setattr(enc, "embed_batch", counting_embed)
-
-    def rank(r: int) -> None:
-        local.rank = r
-        try:
-            results[r] = encode_corpus_cached(store, "base:x", model, tok, cfg, TASK, toy_dir, ENCODE)
-        except Exception as e:  # noqa: BLE001 - surfaced below
-            errors.append(e)
-            barrier.abort()
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert encoded[0] > 0 and encoded[1] > 0 and encoded[0] + encoded[1] == 240  # each passage once
-    assert results[0].key == results[1].key == single.key
-    np.testing.assert_array_equal(np.asarray(results[1].matrix), np.asarray(single.matrix))
+    script = tmp_path / "ddp_encode.py"
+    script.write_text(DDP_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         json.dumps(cfg), str(tmp_path / "two"), str(toy_dir), str(tmp_path / "rank")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["encoded"] > 0 and ranks[1]["encoded"] > 0
+    assert ranks[0]["encoded"] + ranks[1]["encoded"] == 240  # each passage exactly once
+    assert ranks[0]["key"] == ranks[1]["key"] == single.key
+    two = CorpusEmbeddings.open(ranks[0]["path"], ranks[0]["key"])
+    assert two.ids == single.ids
+    np.testing.assert_array_equal(np.asarray(two.matrix), np.asarray(single.matrix))

@@ -293,3 +293,48 @@ def test_gradient_checkpointing_does_not_change_the_adapter(tmp_path, tiny_llama
     a = load_file(tmp_path / "gc-False" / "adapter_model.safetensors")
     b = load_file(tmp_path / "gc-True" / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+DDP_TRAIN = """
+import json, sys
+from accelerate import PartialState
+PartialState(cpu=True)
+from readaptir.artifacts import ArtifactStore
+from readaptir.tokens import ensure_token_cache
+from readaptir.train import train_knowledge_adapter
+pretrained, toy, store, out, adapter, cfg = sys.argv[1:7]
+cache = ensure_token_cache(ArtifactStore(store), pretrained, toy)
+train_knowledge_adapter(pretrained, cache, json.loads(adapter), json.loads(cfg), out, out + "-work")
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_on_the_same_passages(tmp_path, tiny_llama, toy_dir):
+    """2 ranks × batch 4 = 1 process × batch 8 (the same passages per step): same adapter.
+
+    Needs each rank's loss rescaled to the global token-weighted mean: DDP alone would average the
+    two ranks' token means, which differ in target counts. Dropout 0 so no RNG stream differs.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    adapter = {**ADAPTER, "dropout": 0.0}
+    # Paper batching: step s of rank r takes batch 2s + r, i.e. the two halves of the one-process batch.
+    one, two = train_cfg(max_passages=32, batch_size=8), train_cfg(max_passages=32, batch_size=4)
+    store = tmp_path / "store"
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_TRAIN)
+    args = [str(tiny_llama.pretrained), str(toy_dir), str(store)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for name, cfg, procs in (("one", one, 1), ("two", two, 2)):
+        out = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
+             str(script), *args, str(tmp_path / name), json.dumps(adapter), json.dumps(cfg)],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
