@@ -118,9 +118,9 @@ def weights_identity(name_or_path: str | os.PathLike) -> str:
         return str(name_or_path)
     h = hashlib.sha256()
     for f in sorted(p.iterdir()):
-        if f.suffix in (".json", ".safetensors", ".model") and not f.name.startswith("."):
+        if f.suffix in (".json", ".safetensors", ".bin", ".model") and not f.name.startswith("."):
             h.update(f.name.encode())
-            if f.suffix == ".safetensors":
+            if f.suffix in (".safetensors", ".bin"):
                 from readaptir.data import file_fingerprint
 
                 h.update(file_fingerprint(f).encode())

@@ -49,7 +49,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         raise ReadaptError(f"model folder not found: {name_or_path}")
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    # adapter_model.bin: older PEFT adapters, RepLLaMA's among them, ship no safetensors.
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "adapter_model.bin"]
     return Path(snapshot_download(str(name_or_path), allow_patterns=patterns))
 
 
