@@ -197,6 +197,7 @@ def evaluate_retriever(
     """
     from readaptir import baselines
     from readaptir.encode import (
+        CorpusEmbeddings,
         default_device,
         embedding_key,
         encode_corpus_cached,
@@ -290,9 +291,12 @@ def evaluate_retriever(
                     model, tokenizer = load()
                 seconds["load_model"] = time.time() - t
                 t = time.time()
-                corpus = encode_corpus_cached(
-                    store, parent, model, tokenizer, model_cfg, dataset_cfg, root, encode_cfg
-                )
+                if store.is_done(emb_key):  # under accelerate launch: encoded by all ranks just before
+                    corpus = CorpusEmbeddings.open(store.path(emb_key), emb_key)
+                else:
+                    corpus = encode_corpus_cached(
+                        store, parent, model, tokenizer, model_cfg, dataset_cfg, root, encode_cfg
+                    )
                 seconds["encode_corpus"] = time.time() - t
                 t = time.time()
                 qids, q_emb = encode_queries(model, tokenizer, model_cfg, dataset_cfg, queries, encode_cfg)
