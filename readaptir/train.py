@@ -6,33 +6,9 @@ the token cache (:mod:`readaptir.tokens`) and filtered by the ablation subset. E
 The recipe (DoRA r=32, alpha=64, dropout 0.05 on q/k/v/up/down; AdamW 2e-4, linear schedule, 1 epoch)
 lives in ``conf/adapter/`` and the ``train:`` node of ``conf/config.yaml``.
 
-Two batching modes (``train.batching``):
-
-* ``paper`` — the recipe as published: ``batch_size`` (4) passages per step, right-padded to the longest,
-  padding masked out of attention and loss. One epoch of N passages takes ``ceil(N / 4)`` optimizer steps:
-  MS-MARCO's 8.84M passages = 2.21M steps, ≈ 13 GPU-days on an H200 (SPEC §6), and with a mean passage of
-  ≈ 80 tokens padded to the batch's longest, a large share of every step is padding.
-* ``packed`` — the fast path: whole passages are concatenated, in the same seeded order, until a step holds
-  ``batch_size × max_tokens`` (4 × 1024 = 4096) tokens, laid out as one padding-free row (transformers'
-  "flattened" layout, what flash-attention varlen consumes). ``position_ids`` restart at 0 at every
-  passage and the model is called with ``attention_mask=None, use_cache=False``, so transformers 5 builds
-  a block-diagonal causal mask (or uses flash-attention varlen when installed) and no passage sees another;
-  SPEC §7: without ``use_cache=False`` a cache is built and passages silently attend to each other. The
-  first token of each passage is not a label, so no passage's EOS predicts the next passage's BOS. Every
-  passage's loss is therefore exactly what it would be alone; the step loss is the token-weighted mean.
-  Padding fraction is 0 (a step's row just ends early when the next passage does not fit).
-  Cost of the single row: flash-attention varlen only computes the diagonal blocks, but PyTorch SDPA
-  evaluates the block-diagonal mask densely over the whole 4096-token row, 4× the attention FLOPs of four
-  1024-token rows: at 7B shapes ≈ 4·4096·4096 = 67 MFLOP per token per layer against ≈ 404 MFLOP of
-  matmuls (+17%, vs +4%); at the tiny test shapes (hidden 64) attention dominates, so packed is slower there.
-  Steps per epoch ≈ total tokens / 4096 — MS-MARCO: 8.84M × ≈ 80 tokens ≈ 0.7B tokens ≈ 170k steps,
-  about 13× fewer steps than ``paper`` at ≈ 13× the tokens per step (≈ 51 passages per step instead of 4).
-
-Learning-rate schedule: linear decay from ``lr`` to 0 over the run's own number of optimizer steps (after
-``warmup_ratio`` of them warming up), so both modes traverse the full schedule in one epoch; ``packed``
-takes fewer, larger steps with the same peak lr 2e-4 (not re-tuned: the published recipe only covers
-``paper``). Loss is the mean over target tokens of a step in both modes (a long passage weighs more than a
-short one, as in HF's causal-LM loss with padding masked).
+Batching (``train.batching``: ``paper`` or ``packed``), steps per epoch and the learning-rate schedule of
+each mode are explained in :mod:`readaptir.batching`; the model and PEFT config in
+:mod:`readaptir.causal_lm`; checkpoint files in :mod:`readaptir.checkpoint`.
 
 Distributed: under ``accelerate launch`` each process trains on its own batches (step s of rank r takes
 batch ``s × world + r``, wrapping around at the end so all ranks take the same number of steps), so the
@@ -54,11 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +44,27 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from readaptir.artifacts import canonical
+from readaptir.batching import (  # noqa: F401
+    IGNORE,
+    collate_packed,
+    collate_paper,
+    make_batch,
+    passage_ids,
+    plan_batches,
+    select_rows,
+)
+from readaptir.causal_lm import _get, attn_implementation, load_causal_lm, peft_config  # noqa: F401
+from readaptir.checkpoint import (  # noqa: F401
+    CKPT_PREFIX,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from readaptir.tokens import TokenCache
 from readaptir.tracking import Tracker
 
 log = get_logger(__name__)  # Accelerate's logger: main process only, needs the Accelerator created first
 
-IGNORE = -100  # label value excluded from the loss (HF convention)
-CKPT_PREFIX = "ckpt-"
 ADAPTER_FIELDS = ("method", "r", "alpha", "dropout", "targets")
 # Train fields that change the resulting adapter. Not: checkpoint_every, log_every, gradient_checkpointing
 # (same numbers, less memory), tracking, paths.
@@ -121,233 +110,11 @@ class TrainingDiverged(FloatingPointError):
     """A non-finite loss or gradient norm; the message names the step and the last good checkpoint."""
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def adapter_key_config(adapter_cfg: Any, train_cfg: Any) -> dict:
     """Exactly what determines the adapter weights, for the artifact key (the corpus/subset are parents)."""
     out = {f"adapter.{k}": canonical(_get(adapter_cfg, k)) for k in ADAPTER_FIELDS}
     out.update({f"train.{k}": canonical(_get(train_cfg, k)) for k in TRAIN_FIELDS})
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Data: passages → batches (pure functions of the seed, so the step number is the position in the data)
-
-
-def passage_ids(ids: np.ndarray, bos: int, eos: int, max_tokens: int) -> list[int]:
-    """``[bos] + ids[: max_tokens - 2] + [eos]``: the text is truncated, never the EOS."""
-    return [bos, *ids[: max_tokens - 2].tolist(), eos]
-
-
-def select_rows(
-    cache: TokenCache,
-    include: frozenset[str] | None,
-    exclude: frozenset[str] | None,
-    max_passages: int | None,
-    seed: int,
-) -> np.ndarray:
-    """Cache rows of the cell's knowledge corpus subset, optionally capped to a seeded random sample."""
-    rows = cache.select(include, exclude)
-    if max_passages is not None and len(rows) > max_passages:
-        rows = np.sort(np.random.default_rng([seed, 1]).permutation(rows)[:max_passages])
-    return rows
-
-
-def plan_batches(
-    lengths: np.ndarray, batching: str, batch_size: int, max_tokens: int, seed: int, epochs: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded batch plan over passages of the given lengths (BOS/EOS included, already truncated).
-
-    Returns ``(order, bounds)``: batch b holds passage positions ``order[bounds[b]:bounds[b + 1]]``
-    (positions index ``lengths``). Epoch e shuffles with ``default_rng([seed, 0, e])``.
-    """
-    n = len(lengths)
-    orders, bounds, start = [], [np.zeros(1, dtype=np.int64)], 0
-    budget = batch_size * max_tokens  # packed: 4 × 1024 = 4096 tokens per step
-    for epoch in range(epochs):
-        order = np.random.default_rng([seed, 0, epoch]).permutation(n)
-        if batching == "paper":
-            cuts = np.arange(batch_size, n, batch_size)
-        elif batching == "packed":
-            cuts, used = [], 0
-            for pos, length in enumerate(lengths[order].tolist()):
-                if used + length > budget and used:
-                    cuts.append(pos)
-                    used = 0
-                used += length
-            cuts = np.asarray(cuts, dtype=np.int64)
-        else:
-            raise ValueError(f"train.batching={batching!r}: use paper or packed")
-        orders.append(order)
-        bounds.append(start + np.append(cuts, n).astype(np.int64))
-        start += n
-    return np.concatenate(orders), np.concatenate(bounds)
-
-
-def collate_paper(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch with attention mask; padding is not a label."""
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        attention_mask[i, : len(s)] = 1
-    labels = input_ids.masked_fill(attention_mask == 0, IGNORE)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def collate_packed(seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-    """One padding-free row of whole passages; position ids restart per passage; no cross-passage label.
-
-    Call the model with these and ``use_cache=False`` (no attention mask): transformers 5 derives the
-    block-diagonal causal mask (or flash-attention varlen boundaries) from the restarting position ids.
-    """
-    input_ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)[None]
-    position_ids = torch.cat([torch.arange(len(s)) for s in seqs])[None]
-    # HF shifts labels inside the loss: label[t] is predicted from position t-1. A passage's first token
-    # would be predicted from the previous passage's EOS, so it is not a label.
-    labels = input_ids.masked_fill(position_ids == 0, IGNORE)
-    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
-
-
-def make_batch(seqs: Sequence[Sequence[int]], batching: str, pad_id: int) -> dict[str, torch.Tensor]:
-    return collate_packed(seqs) if batching == "packed" else collate_paper(seqs, pad_id)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Model
-
-
-def attn_implementation() -> str:
-    """flash-attention 2 (varlen on packed rows) when installed on CUDA, else PyTorch SDPA."""
-    if torch.cuda.is_available():
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
-
-
-def load_causal_lm(pretrained: str | os.PathLike, device: torch.device | str | None = None):
-    """The pretrained causal LM for training: bf16 on CUDA, float32 on CPU."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(
-        pretrained, dtype=dtype, attn_implementation=attn_implementation()
-    )
-    return model.to(device) if device is not None else model
-
-
-def peft_config(adapter_cfg: Any):
-    from peft import LoraConfig
-
-    method = str(_get(adapter_cfg, "method", "dora")).lower()
-    if method not in ("dora", "lora"):
-        raise ValueError(f"adapter.method={method!r}: use dora or lora")
-    return LoraConfig(
-        r=int(_get(adapter_cfg, "r")),
-        lora_alpha=float(_get(adapter_cfg, "alpha")),
-        lora_dropout=float(_get(adapter_cfg, "dropout")),
-        target_modules=list(_get(adapter_cfg, "targets")),
-        use_dora=method == "dora",
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def latest_checkpoint(work_dir: Path) -> Path | None:
-    """Newest complete checkpoint (complete ones are renamed into place; temporaries start with '.')."""
-    done = sorted(p for p in Path(work_dir).glob(f"{CKPT_PREFIX}*") if (p / "state.pt").is_file())
-    return done[-1] if done else None
-
-
-def _save_checkpoint(
-    accelerator: Accelerator,
-    work_dir: Path,
-    step: int,
-    model,
-    optimizer,
-    scheduler,
-    counters: dict,
-    fingerprint: str,
-) -> Path:
-    from peft import get_peft_model_state_dict
-
-    final = work_dir / f"{CKPT_PREFIX}{step:09d}"
-    tmp = work_dir / f".tmp-{CKPT_PREFIX}{step:09d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    # Every rank saves its own RNG state: dropout masks differ per rank under DDP.
-    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        adapter = {
-            k: v.detach().cpu() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(model)).items()
-        }
-        torch.save(
-            {
-                "step": step,
-                "fingerprint": fingerprint,
-                "adapter": adapter,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "counters": counters,
-                "world_size": accelerator.num_processes,
-            },
-            tmp / "state.pt",
-        )
-        os.replace(tmp, final)  # a checkpoint is visible only once complete
-        for old in work_dir.glob(f"{CKPT_PREFIX}*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _load_checkpoint(
-    accelerator: Accelerator, path: Path, model, optimizer, scheduler, fingerprint: str
-) -> dict:
-    from peft import set_peft_model_state_dict
-
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    if state["fingerprint"] != fingerprint:
-        raise RuntimeError(
-            f"{path}: checkpoint was made for a different run plan (config, data subset or "
-            f"number of processes); delete {path.parent} to start over"
-        )
-    set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
-    return state
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -446,7 +213,7 @@ def train_knowledge_adapter(
     start_step = 0
     ckpt = latest_checkpoint(work_dir)
     if ckpt is not None:
-        state = _load_checkpoint(accelerator, ckpt, peft_model, optimizer, scheduler, fingerprint)
+        state = load_checkpoint(accelerator, ckpt, peft_model, optimizer, scheduler, fingerprint)
         start_step, counters = int(state["step"]), dict(state["counters"])
         log.info(f"Resuming from {ckpt} (step {start_step}/{total_steps})")
     n_params = sum(p.numel() for p in trainable)
@@ -545,7 +312,7 @@ def train_knowledge_adapter(
             window["loss_sum"] = 0.0
             t_window = time.time()
         if checkpoint_every and done % checkpoint_every == 0 and done < total_steps:
-            last_good = _save_checkpoint(
+            last_good = save_checkpoint(
                 accelerator, work_dir, done, peft_model, optimizer, scheduler, counters, fingerprint
             )
         if on_step is not None:
