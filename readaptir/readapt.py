@@ -32,25 +32,33 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from readaptir.merge import (  # noqa: F401  (re-exported)
+    AdapterModule,
+    check_base_id,
+    dora_merge,
+    lora_delta,
+    lora_scaling,
+    low_rank_factors,
+    module_type,
+    parse_adapter,
+)
 from readaptir.weights import (
+    Layout,
     ReadaptError,
-    hub_id,
+    base_prefix,
+    check_same_tensors,
     is_adapter_folder,
-    load_adapter,
+    layout,
+    read_tensor,
     resolve_model_dir,
-    shard_index,
-    tensor_shapes,
 )
 
 log = logging.getLogger(__name__)
@@ -70,301 +78,11 @@ __all__ = [
 ]
 
 KnowledgeScaling = Literal["delta", "peft_scale"]
-_PEFT_PREFIX = "base_model.model."
-_LORA_KEY_RE = re.compile(
-    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-    r"(?:\.weight)?$"
-)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Pure formulas
-# ----------------------------------------------------------------------------------------------------
-
-
-def lora_scaling(lora_alpha: float, r: int, use_rslora: bool = False) -> float:
-    """``s = lora_alpha / r``, or ``lora_alpha / √r`` with rank-stabilised LoRA (PEFT's ``use_rslora``)."""
-    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
-
-
-def lora_delta(
-    lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_in_fan_out: bool = False
-) -> torch.Tensor:
-    """LoRA's weight update ``s·B·A`` (shape ``[out, in]``; transposed when the base stores ``[in, out]``).
-
-    The LoRA merge is then ``W + s·B·A``. Product before scaling, as PEFT's ``get_delta_weight`` does,
-    so float32 results agree with PEFT's to the last bit or two.
-    """
-    delta = lora_B.float() @ lora_A.float()
-    return (delta.T if fan_in_fan_out else delta) * scaling
-
-
-def dora_merge(
-    weight: torch.Tensor,
-    lora_A: torch.Tensor,
-    lora_B: torch.Tensor,
-    magnitude: torch.Tensor,
-    scaling: float,
-    fan_in_fan_out: bool = False,
-) -> torch.Tensor:
-    """DoRA merged weight ``W_K = m ⊙ (W + s·B·A) / ‖W + s·B·A‖_row``.
-
-    ``W`` is ``[out, in]`` (``[in, out]`` with ``fan_in_fan_out``), ``m`` has one entry per output row and
-    the norm is the L2 norm of each output row taken over the input dimension — what PEFT's
-    ``DoraLinearLayer.get_weight_norm`` and ``merge`` compute. PEFT's ``set_scale(k)`` multiplies ``s`` by
-    ``k`` and leaves ``m`` alone, so ``dora_merge(..., scaling=k·s)`` is PEFT's scaled merge.
-    """
-    w = weight.float().T if fan_in_fan_out else weight.float()  # work in [out, in]
-    directed = w + (lora_B.float() @ lora_A.float()) * scaling
-    norm = torch.linalg.norm(directed, dim=1)
-    merged = (magnitude.float() / norm).view(-1, 1) * directed
-    return merged.T if fan_in_fan_out else merged
-
-
-def low_rank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Truncated SVD ``Δ ≈ U_r·V_r`` with ``U_r = U[:, :r]·diag(S[:r])``, ``V_r = Vᵀ[:r]``.
-
-    Returns ``(U_r [out, r], V_r [r, in], ‖Δ − U_r·V_r‖_F / ‖Δ‖_F)``; storing a full-weight RE-adapter
-    this way costs ``r·(out + in)`` numbers per matrix instead of ``out·in`` (e5-Mistral's Δ was a merged
-    LoRA, so a small r should reconstruct it almost exactly).
-    """
-    d = delta.float()
-    u, s, vh = torch.linalg.svd(d, full_matrices=False)
-    rank = min(rank, s.numel())
-    u_r, v_r = u[:, :rank] * s[:rank], vh[:rank]
-    denom = torch.linalg.norm(d)
-    err = float(torch.linalg.norm(d - u_r @ v_r) / denom) if denom > 0 else 0.0
-    return u_r, v_r, err
-
-
-# ----------------------------------------------------------------------------------------------------
-# Model / adapter layout
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AdapterModule:
-    """One adapted weight: LoRA factors (+ DoRA magnitude), its scaling and orientation."""
-
-    lora_A: torch.Tensor
-    lora_B: torch.Tensor
-    scaling: float
-    magnitude: torch.Tensor | None = None
-    fan_in_fan_out: bool = False
-    embedding: bool = False  # lora_embedding_A/B: B·A is [dim, vocab], the weight is [vocab, dim]
-
-    def merged(self, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """The merged float32 weight with the adapter's scaling multiplied by ``scale`` (PEFT's set_scale)."""
-        if self.magnitude is not None:
-            return dora_merge(
-                weight, self.lora_A, self.lora_B, self.magnitude, self.scaling * scale, self.fan_in_fan_out
-            )
-        return weight.float() + self.delta(weight, scale)
-
-    def delta(self, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """``merged(W) − W``: exactly ``s·B·A`` for LoRA (no round trip through W), the DoRA difference otherwise."""
-        if self.magnitude is None:
-            fifo = self.fan_in_fan_out or self.embedding
-            return lora_delta(self.lora_A, self.lora_B, self.scaling * scale, fifo)
-        return self.merged(weight, scale) - weight.float()
-
-
-@dataclass
-class _Layout:
-    """Where the transformer's tensors live in a folder and what they are called in AutoModel naming."""
-
-    folder: Path
-    files: dict[str, tuple[str, str]]  # AutoModel key -> (shard file, stored tensor name)
-    shapes: dict[str, tuple[int, ...]]  # AutoModel key -> shape
-    outside: set[str]  # stored names outside the transformer (lm_head, ...), AutoModel naming impossible
-
-
-def _base_prefix(folder: Path) -> str:
-    """``base_model_prefix`` of the architecture (``model`` for LLaMA/Mistral): causal-LM keys carry it."""
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        config = AutoConfig.from_pretrained(folder)
-        return AutoModel._model_mapping[type(config)].base_model_prefix
-    except Exception:  # unknown/remote architecture: LLaMA-family default
-        return "model"
-
-
-def _layout(folder: Path, prefix: str) -> _Layout:
-    """Map a folder's stored names to AutoModel names: strip ``<prefix>.`` if the folder uses it.
-
-    A causal-LM folder stores ``model.layers...`` + ``lm_head.weight``; an AutoModel folder (e5-Mistral)
-    stores ``layers...``. Names outside the prefix in a prefixed folder (the LM head) are not transformer.
-    """
-    index = shard_index(folder)
-    shapes = tensor_shapes(folder, index)
-    dot = prefix + "."
-    prefixed = any(name.startswith(dot) for name in index)
-    files, out_shapes, outside = {}, {}, set()
-    for name, shard in index.items():
-        if prefixed and not name.startswith(dot):
-            outside.add(name)
-            continue
-        key = name[len(dot) :] if prefixed else name
-        files[key] = (shard, name)
-        out_shapes[key] = shapes[name]
-    return _Layout(folder, files, out_shapes, outside)
-
-
-def _check_same_tensors(pre: _Layout, ret: _Layout) -> None:
-    """Refuse a retriever whose tensor names or shapes differ from the pretrained model's (first mismatch)."""
-    for key in pre.files:
-        if key not in ret.files:
-            raise ReadaptError(
-                f"retriever {ret.folder} lacks tensor {key!r} of pretrained {pre.folder}: "
-                "not fine-tuned from this model"
-            )
-        if ret.shapes[key] != pre.shapes[key]:
-            raise ReadaptError(
-                f"tensor {key!r} has shape {list(ret.shapes[key])} in retriever {ret.folder} but "
-                f"{list(pre.shapes[key])} in pretrained {pre.folder}: not fine-tuned from this model"
-            )
-    for key in ret.files:
-        if key not in pre.files:
-            raise ReadaptError(
-                f"retriever {ret.folder} has tensor {key!r} that pretrained {pre.folder} lacks: "
-                "not fine-tuned from this model"
-            )
-
-
-def _check_base_id(
-    adapter_dir: Path, config: Mapping[str, Any], pretrained: str | os.PathLike, what: str
-) -> None:
-    """Refuse an adapter whose recorded base and the given pretrained model are different hub ids."""
-    base, given = hub_id(config.get("base_model_name_or_path")), hub_id(pretrained)
-    if base and given and base.lower() != given.lower():
-        raise ReadaptError(f"{what} {adapter_dir} was trained on {base}, not on the pretrained model {given}")
-
-
-def _parse_adapter(
-    folder: Path, pre: _Layout, prefix: str, what: str
-) -> tuple[dict[str, AdapterModule], list[str]]:
-    """Adapter factors keyed by the AutoModel weight they modify, plus the names of ignored tensors.
-
-    Adapter keys are ``base_model.model.<module path>.lora_A.weight``; the module path is relative to the
-    model the adapter was created over (``model.layers...`` for a causal LM, ``layers...`` for an
-    AutoModel), so the causal-LM prefix is stripped when present.
-    """
-    config, tensors = load_adapter(folder)
-    if config.get("peft_type", "LORA") != "LORA":
-        raise ReadaptError(
-            f"{what} {folder} is a {config.get('peft_type')} adapter; only LoRA/DoRA are supported"
-        )
-    from peft.utils.other import get_pattern_key
-
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    ignored: list[str] = []
-    for name, tensor in tensors.items():
-        m = _LORA_KEY_RE.match(name)
-        if m is None:  # modules_to_save copies, saved base layers of targeted embeddings, trainable tokens
-            ignored.append(name)
-            continue
-        module = m.group("module").removeprefix(_PEFT_PREFIX)
-        parts.setdefault(module, {})[m.group("part")] = tensor
-
-    dot = prefix + "."
-    modules: dict[str, AdapterModule] = {}
-    for module, p in parts.items():
-        path = (
-            module[len(dot) :]
-            if module.startswith(dot) and f"{module[len(dot) :]}.weight" in pre.files
-            else module
-        )
-        key = f"{path}.weight"
-        if key not in pre.files:
-            if f"{module}.weight" in pre.outside:  # lm_head: not part of the retriever
-                ignored.extend(f"{module}.{part}" for part in p)
-                continue
-            raise ReadaptError(
-                f"{what} {folder} targets module {module!r}, which the model {pre.folder} lacks"
-            )
-        embedding = "lora_embedding_A" in p
-        a, b = (
-            (p.get("lora_embedding_A"), p.get("lora_embedding_B"))
-            if embedding
-            else (p.get("lora_A"), p.get("lora_B"))
-        )
-        if a is None or b is None:
-            raise ReadaptError(f"{what} {folder}: module {module!r} lacks lora_A or lora_B")
-        r = config.get("rank_pattern", {}).get(
-            get_pattern_key(config.get("rank_pattern", {}).keys(), module), config["r"]
-        )
-        alpha = config.get("alpha_pattern", {}).get(
-            get_pattern_key(config.get("alpha_pattern", {}).keys(), module), config["lora_alpha"]
-        )
-        if a.shape[0] != r:
-            raise ReadaptError(f"{what} {folder}: module {module!r} has rank {a.shape[0]}, config says r={r}")
-        fifo = bool(config.get("fan_in_fan_out", False))
-        delta_shape = (b.shape[0], a.shape[1])
-        expected = pre.shapes[key][::-1] if (fifo or embedding) else pre.shapes[key]
-        if tuple(delta_shape) != tuple(expected):
-            raise ReadaptError(
-                f"{what} {folder}: lora_B·lora_A of {module!r} is {list(delta_shape)} but the weight "
-                f"in {pre.folder} is {list(pre.shapes[key])}: adapter trained on another base model"
-            )
-        magnitude = p.get("lora_magnitude_vector")
-        if magnitude is not None:
-            if embedding:
-                raise ReadaptError(f"{what} {folder}: DoRA on embedding {module!r} is not supported")
-            if magnitude.numel() != delta_shape[0]:
-                raise ReadaptError(
-                    f"{what} {folder}: DoRA magnitude of {module!r} has {magnitude.numel()} entries, "
-                    f"the weight has {delta_shape[0]} output rows"
-                )
-            magnitude = magnitude.reshape(-1)
-        modules[key] = AdapterModule(
-            a, b, lora_scaling(alpha, r, bool(config.get("use_rslora", False))), magnitude, fifo, embedding
-        )
-    if ignored:
-        log.warning(
-            "%s %s: ignoring %d tensors outside the retriever's LoRA weights (LM head / modules_to_save), "
-            "e.g. %s",
-            what,
-            folder,
-            len(ignored),
-            ignored[0],
-        )
-    return modules, ignored
-
-
-def _automodel_keys(config) -> list[str]:
-    """State-dict keys of ``AutoModel.from_config(config)`` in module order, built on the meta device (free)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModel
-
-    with init_empty_weights(include_buffers=True):
-        return list(AutoModel.from_config(config).state_dict())
-
-
-def _module_type(key: str) -> str:
-    """Report bucket of a weight: projection name without ``_proj`` (q, k, ..., down), ``embed`` or ``norm``."""
-    leaf = key.rsplit(".", 2)[-2] if key.count(".") >= 1 else key
-    if "embed" in leaf:
-        return "embed"
-    if "norm" in leaf:
-        return "norm"
-    return leaf.removesuffix("_proj")
 
 
 # ----------------------------------------------------------------------------------------------------
 # The arithmetic
 # ----------------------------------------------------------------------------------------------------
-
-
-def _read_tensor(path: Path, name: str) -> torch.Tensor:
-    """One tensor as a float32 copy, its shard mapped only for the read.
-
-    Reopening per tensor costs a header parse (milliseconds) but unmaps the file right away: pages of a
-    shard kept mapped count towards RSS, so holding a pretrained and a retriever shard open would add two
-    shards (2 × ~5–10 GB at 7B) to the peak instead of one tensor.
-    """
-    with safe_open(path, framework="pt") as f:
-        return f.get_tensor(name).float()
 
 
 def _trim_heap() -> None:
@@ -411,7 +129,7 @@ class _NormStats:
         self.count = {"delta": 0, "psi": 0}
 
     def add(self, key: str, w: torch.Tensor, delta: torch.Tensor | None, psi: torch.Tensor | None) -> None:
-        kind = _module_type(key)
+        kind = module_type(key)
         self.w[kind] = self.w.get(kind, 0.0) + float(torch.linalg.vector_norm(w)) ** 2
         for name, d in (("delta", delta), ("psi", psi)):
             if d is not None and bool(d.any()):  # an exactly-zero delta carries no information (SPEC §1)
@@ -452,28 +170,28 @@ def readapt(
     if knowledge_scaling not in ("delta", "peft_scale"):
         raise ReadaptError(f"knowledge_scaling={knowledge_scaling!r}: use 'delta' or 'peft_scale'")
     pre_dir, ret_dir = resolve_model_dir(pretrained), resolve_model_dir(retriever)
-    prefix = _base_prefix(pre_dir)
-    pre = _layout(pre_dir, prefix)
+    prefix = base_prefix(pre_dir)
+    pre = layout(pre_dir, prefix)
     ret_is_lora = is_adapter_folder(ret_dir)
     ret_modules: dict[str, AdapterModule] = {}
     ignored: list[str] = []
-    ret: _Layout | None = None
+    ret: Layout | None = None
     if ret_is_lora:
         ret_config = json.loads((ret_dir / "adapter_config.json").read_text())
-        _check_base_id(ret_dir, ret_config, pretrained, "retriever LoRA")
-        ret_modules, ign = _parse_adapter(ret_dir, pre, prefix, "retriever LoRA")
+        check_base_id(ret_dir, ret_config, pretrained, "retriever LoRA")
+        ret_modules, ign = parse_adapter(ret_dir, pre, prefix, "retriever LoRA")
         ignored += ign
     else:
-        ret = _layout(ret_dir, _base_prefix(ret_dir))
-        _check_same_tensors(pre, ret)
+        ret = layout(ret_dir, base_prefix(ret_dir))
+        check_same_tensors(pre, ret)
     know_modules: dict[str, AdapterModule] = {}
     if knowledge_adapter is not None:
         know_dir = resolve_model_dir(knowledge_adapter)
         know_config = (
             json.loads((know_dir / "adapter_config.json").read_text()) if is_adapter_folder(know_dir) else {}
         )
-        _check_base_id(know_dir, know_config, pretrained, "knowledge adapter")
-        know_modules, ign = _parse_adapter(know_dir, pre, prefix, "knowledge adapter")
+        check_base_id(know_dir, know_config, pretrained, "knowledge adapter")
+        know_modules, ign = parse_adapter(know_dir, pre, prefix, "knowledge adapter")
         ignored += ign
 
     # Group work by (pretrained shard, retriever shard): each shard's pages are read in one sweep.
@@ -488,16 +206,16 @@ def readapt(
     for shard, by_ret in tqdm(groups.items(), desc="readapt shards", unit="shard", disable=len(groups) < 2):
         for ret_shard, keys in by_ret.items():
             for key in keys:
-                w = _read_tensor(pre_dir / shard, pre.files[key][1])
+                w = read_tensor(pre_dir / shard, pre.files[key][1])
                 if ret_shard is not None:
-                    delta = _read_tensor(ret_dir / ret_shard, ret.files[key][1])
+                    delta = read_tensor(ret_dir / ret_shard, ret.files[key][1])
                     delta.sub_(w)  # in place: no third full-size tensor
                 else:  # RepLLaMA: Δ = merge(W_pre) − W_pre, exactly s·B·A for a LoRA
                     delta = ret_modules[key].delta(w) if key in ret_modules else None
                 if delta is not None and delta_rank is not None and delta.ndim == 2 and bool(delta.any()):
                     u, v, err = low_rank_factors(delta, delta_rank)
                     delta = u @ v
-                    svd_err.setdefault(_module_type(key), []).append(err)
+                    svd_err.setdefault(module_type(key), []).append(err)
                 know = know_modules.get(key)
                 psi = know.delta(w) if know is not None else None
                 stats.add(key, w, delta, psi)  # before w and psi are overwritten below
@@ -569,6 +287,15 @@ def readapt_weights(
 # ----------------------------------------------------------------------------------------------------
 # Models and folders
 # ----------------------------------------------------------------------------------------------------
+
+
+def _automodel_keys(config) -> list[str]:
+    """State-dict keys of ``AutoModel.from_config(config)`` in module order, built on the meta device (free)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModel
+
+    with init_empty_weights(include_buffers=True):
+        return list(AutoModel.from_config(config).state_dict())
 
 
 def _retriever_config(pretrained: Path, retriever: Path):

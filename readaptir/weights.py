@@ -6,6 +6,8 @@ instead: :func:`shard_index` maps every tensor name to its shard file from the `
 single ``model.safetensors``), :func:`tensor_shapes` reads shapes from the headers without touching the
 data, and callers open one shard at a time with ``safetensors.safe_open``. PEFT adapter folders are small
 (a LoRA is ~1% of the model) and are read whole by :func:`load_adapter`.
+:func:`layout` keys a folder's tensors by their ``AutoModel`` name (the causal-LM ``model.`` prefix
+stripped, the LM head set aside) and :func:`read_tensor` reads one tensor, its shard mapped only meanwhile.
 
     from readaptir.weights import shard_index, tensor_shapes
     index = shard_index("cache/tiny/llama/pretrained")   # {"model.embed_tokens.weight": "model-00001-of-00004.safetensors", ...}
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,77 @@ def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
     else:
         raise ReadaptError(f"no adapter_model.safetensors or adapter_model.bin in {folder}")
     return config, tensors
+
+
+@dataclass
+class Layout:
+    """Where the transformer's tensors live in a folder and what they are called in AutoModel naming."""
+
+    folder: Path
+    files: dict[str, tuple[str, str]]  # AutoModel key -> (shard file, stored tensor name)
+    shapes: dict[str, tuple[int, ...]]  # AutoModel key -> shape
+    outside: set[str]  # stored names outside the transformer (lm_head, ...), AutoModel naming impossible
+
+
+def base_prefix(folder: Path) -> str:
+    """``base_model_prefix`` of the architecture (``model`` for LLaMA/Mistral): causal-LM keys carry it."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        return AutoModel._model_mapping[type(config)].base_model_prefix
+    except Exception:  # unknown/remote architecture: LLaMA-family default
+        return "model"
+
+
+def layout(folder: Path, prefix: str) -> Layout:
+    """Map a folder's stored names to AutoModel names: strip ``<prefix>.`` if the folder uses it.
+
+    A causal-LM folder stores ``model.layers...`` + ``lm_head.weight``; an AutoModel folder (e5-Mistral)
+    stores ``layers...``. Names outside the prefix in a prefixed folder (the LM head) are not transformer.
+    """
+    index = shard_index(folder)
+    shapes = tensor_shapes(folder, index)
+    dot = prefix + "."
+    prefixed = any(name.startswith(dot) for name in index)
+    files, out_shapes, outside = {}, {}, set()
+    for name, shard in index.items():
+        if prefixed and not name.startswith(dot):
+            outside.add(name)
+            continue
+        key = name[len(dot) :] if prefixed else name
+        files[key] = (shard, name)
+        out_shapes[key] = shapes[name]
+    return Layout(folder, files, out_shapes, outside)
+
+
+def check_same_tensors(pre: Layout, ret: Layout) -> None:
+    """Refuse a retriever whose tensor names or shapes differ from the pretrained model's (first mismatch)."""
+    for key in pre.files:
+        if key not in ret.files:
+            raise ReadaptError(
+                f"retriever {ret.folder} lacks tensor {key!r} of pretrained {pre.folder}: "
+                "not fine-tuned from this model"
+            )
+        if ret.shapes[key] != pre.shapes[key]:
+            raise ReadaptError(
+                f"tensor {key!r} has shape {list(ret.shapes[key])} in retriever {ret.folder} but "
+                f"{list(pre.shapes[key])} in pretrained {pre.folder}: not fine-tuned from this model"
+            )
+    for key in ret.files:
+        if key not in pre.files:
+            raise ReadaptError(
+                f"retriever {ret.folder} has tensor {key!r} that pretrained {pre.folder} lacks: "
+                "not fine-tuned from this model"
+            )
+
+
+def read_tensor(path: Path, name: str) -> torch.Tensor:
+    """One tensor as a float32 copy, its shard mapped only for the read.
+
+    Reopening per tensor costs a header parse (milliseconds) but unmaps the file right away: pages of a
+    shard kept mapped count towards RSS, so holding a pretrained and a retriever shard open would add two
+    shards (2 × ~5–10 GB at 7B) to the peak instead of one tensor.
+    """
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor(name).float()
