@@ -1,7 +1,8 @@
-"""Dense encoding for RepLLaMA / e5-Mistral (SPEC §2): exact prompts, EOS pooling, cached corpus embeddings.
+"""Dense encoding for RepLLaMA / e5-Mistral (SPEC §2): exact prompts, EOS pooling, batching, model loading.
 
 What: turns queries and passages into L2-normalised vectors the way the published retrievers were
-trained to, and stores a corpus's embeddings once per (weights × dataset) as a float16 memmap.
+trained to. Storing a corpus's embeddings (float16 memmap, one per weights × dataset) lives in
+:mod:`readaptir.embeddings`; its public names stay importable from here.
 
 Why each convention is done by hand:
 - Token ids are built as ``[bos] + tokens(text)[: max_len-2] + [eos]`` by this code, never by the
@@ -15,8 +16,8 @@ Why each convention is done by hand:
 
 Speed: passages are tokenized in chunks of ``CHUNK_PASSAGES`` (MS-MARCO's 8.84M never sit in memory
 as tokens), sorted by length inside a chunk and packed into batches of at most ``token_budget`` padded
-tokens, then written to the memmap at their original rows. With Accelerate launched on several GPUs,
-each process encodes every ``num_processes``-th batch into the shared work file.
+tokens (:func:`make_batches`, :func:`encode_ids`). With Accelerate launched on several GPUs, each process
+encodes every ``num_processes``-th batch (``shard``).
 
     python -m experiments.bench_encode           # speed of sorted vs arrival order
     from readaptir.encode import load_base_retriever, encode_corpus_cached, encode_queries
@@ -24,11 +25,9 @@ each process encodes every ``num_processes``-th batch into the shared work file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from readaptir.artifacts import ArtifactStore, atomic_write_text
-from readaptir.data import Passage, file_fingerprint, iter_corpus
 from readaptir.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,7 +42,6 @@ log = logging.getLogger(__name__)
 # Passages tokenized, sorted and encoded together: 100k × ≤512 ids ≈ 200 MB of Python ints at worst,
 # and sorting inside 100k passages already brings padding to ~2-5% (SPEC §6).
 CHUNK_PASSAGES = 100_000
-EMB_FILE, IDS_FILE, META_FILE = "embeddings.f16", "ids.txt", "meta.json"
 
 
 class EncodeError(UserError):
@@ -264,6 +260,16 @@ def load_base_retriever(
     return model.eval(), load_tokenizer(model_cfg)
 
 
+def _dist() -> tuple[int, int, Callable[[], None], torch.device | None]:
+    """(rank, world size, barrier, rank's device) under ``accelerate launch``, else one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by accelerate launch / torchrun
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    return 0, 1, lambda: None, None
+
+
 def default_device() -> torch.device:
     """This process's device: its own GPU under ``accelerate launch``, else cuda when present, else cpu."""
     rank_device = _dist()[3]
@@ -329,176 +335,17 @@ def encode_queries(
 
 # ---------------------------------------------------------------------------------------------- corpus
 
-
-@dataclass
-class CorpusEmbeddings:
-    """A finished corpus-embedding artifact: ``matrix[i]`` (float16, normalised) is document ``ids[i]``."""
-
-    path: Path
-    key: str
-    ids: list[str]
-    matrix: np.memmap
-
-    @classmethod
-    def open(cls, path: str | os.PathLike, key: str = "") -> CorpusEmbeddings:
-        path = Path(path)
-        meta = json.loads((path / META_FILE).read_text())
-        ids = (path / IDS_FILE).read_text(encoding="utf-8").split("\n")[: meta["n"]]
-        matrix = np.memmap(path / EMB_FILE, dtype=np.float16, mode="r", shape=(meta["n"], meta["dim"]))
-        return cls(path, key or meta.get("key", ""), ids, matrix)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def chunks(self, chunk_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start row, float16 rows)`` slices of the memmap, never more than ``chunk_size`` rows at once."""
-        for start in range(0, len(self.ids), chunk_size):
-            yield start, np.asarray(self.matrix[start : start + chunk_size])
+# The stored corpus embeddings live in readaptir.embeddings, which imports this module; re-exporting them
+# lazily (PEP 562) keeps `from readaptir.encode import CorpusEmbeddings` working in any import order.
+_EMBEDDINGS_NAMES = frozenset(
+    "EMB_FILE IDS_FILE META_FILE CorpusEmbeddings check_ids corpus_fields embedding_key "
+    "encode_corpus_cached write_corpus_files write_ids_meta".split()
+)
 
 
-def check_ids(ids: Sequence[str]) -> None:
-    """Doc ids are stored one per line: refuse the ones that would shift every later row."""
-    for doc_id in ids:
-        if "\n" in doc_id or "\r" in doc_id:
-            raise EncodeError(f"doc id {doc_id!r} contains a line break; ids.txt stores one id per line")
+def __getattr__(name: str) -> Any:
+    if name in _EMBEDDINGS_NAMES:
+        from readaptir import embeddings
 
-
-def write_corpus_files(
-    out_dir: Path, ids: Sequence[str], dim: int, key: str, fill: Callable[[np.memmap], None]
-) -> None:
-    """Create the float16 memmap + ids + meta in ``out_dir``; ``fill(memmap)`` writes the rows."""
-    check_ids(ids)
-    matrix = np.memmap(out_dir / EMB_FILE, dtype=np.float16, mode="w+", shape=(max(len(ids), 1), dim))
-    fill(matrix)
-    matrix.flush()
-    del matrix
-    write_ids_meta(out_dir, ids, dim, key)
-
-
-def write_ids_meta(out_dir: Path, ids: Sequence[str], dim: int, key: str) -> None:
-    """``ids.txt`` (one id per line, row order) and ``meta.json`` beside ``embeddings.f16``."""
-    (out_dir / IDS_FILE).write_text("\n".join(ids), encoding="utf-8")
-    atomic_write_text(
-        out_dir / META_FILE, json.dumps({"n": len(ids), "dim": dim, "dtype": "float16", "key": key}, indent=1)
-    )
-
-
-def corpus_fields(corpus_root: str | os.PathLike) -> dict[str, Any]:
-    return {"corpus": file_fingerprint(Path(corpus_root) / "corpus.jsonl")}
-
-
-def embedding_key(
-    store: ArtifactStore,
-    parent_key: str,
-    model_cfg: Mapping[str, Any],
-    dataset_cfg: Mapping[str, Any],
-    corpus_root: str | os.PathLike,
-    dtype: str,
-) -> str:
-    """Key of a corpus's embeddings: what changes the vectors (prompt, lengths, pooling, dtype, corpus)."""
-    fields = {
-        "family": model_cfg.get("family"),
-        "passage_template": model_cfg.get("passage_template"),
-        "passage_max_len": model_cfg.get("passage_max_len"),
-        "pooling": model_cfg.get("pooling"),
-        "normalize": model_cfg.get("normalize", True),
-        "dtype": dtype,
-        "dataset": dataset_cfg.get("beir_name", dataset_cfg.get("name")),
-        **corpus_fields(corpus_root),
-    }
-    return store.key("embeddings", fields, parents=[parent_key])
-
-
-def _dist() -> tuple[int, int, Callable[[], None], torch.device | None]:
-    """(rank, world size, barrier, rank's device) under ``accelerate launch``, else one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by accelerate launch / torchrun
-        from accelerate import PartialState
-
-        state = PartialState()
-        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-    return 0, 1, lambda: None, None
-
-
-def encode_corpus_cached(
-    store: ArtifactStore,
-    parent_key: str,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    model_cfg: Mapping[str, Any],
-    dataset_cfg: Mapping[str, Any],
-    corpus_root: str | os.PathLike,
-    encode_cfg: Mapping[str, Any],
-) -> CorpusEmbeddings:
-    """Corpus embeddings of ``model`` (identified by ``parent_key``), encoded once and then reused.
-
-    Streams the corpus in chunks of ``CHUNK_PASSAGES``: tokenize, sort by length, encode, write rows in
-    place. Distributed (``accelerate launch``): every rank encodes its share of batches into a shared
-    temporary folder (``ArtifactStore.build_collective``); rank 0 then publishes it.
-    """
-    dtype = str(next(backbone(model).parameters()).dtype).removeprefix("torch.")
-    key = embedding_key(store, parent_key, model_cfg, dataset_cfg, corpus_root, dtype)
-    rank, world, _, _ = _dist()
-    max_len = int(model_cfg.get("passage_max_len", 512))
-    pad_id, eos_id = pad_id_for(tokenizer, model_cfg), tokenizer.eos_token_id
-    budget, max_bs = int(encode_cfg.get("token_budget", 65536)), int(encode_cfg.get("max_batch_size", 256))
-    normalize = bool(model_cfg.get("normalize", True))
-    dim = int(backbone(model).config.hidden_size)
-    ids: list[str] = []  # filled by a first pass over the corpus (row count and order) when building
-
-    def encode_into(matrix: np.memmap) -> None:
-        def chunks() -> Iterator[tuple[int, list[Passage]]]:
-            buf: list[Passage] = []
-            start = 0
-            for p in iter_corpus(corpus_root):
-                buf.append(p)
-                if len(buf) == CHUNK_PASSAGES:
-                    yield start, buf
-                    start, buf = start + len(buf), []
-            if buf:
-                yield start, buf
-
-        with tqdm(
-            total=len(ids), desc=f"encode {dataset_cfg.get('name')}", unit="psg", disable=rank != 0
-        ) as bar:
-            for start, psgs in chunks():
-                rows = build_input_ids(
-                    tokenizer, [format_passage(model_cfg, p.title, p.text) for p in psgs], max_len
-                )
-
-                def write(idx: np.ndarray, vecs: np.ndarray, start: int = start) -> None:
-                    matrix[start + idx] = vecs.astype(np.float16)
-
-                encode_ids(
-                    model.eval(),
-                    rows,
-                    pad_id,
-                    eos_id,
-                    budget,
-                    max_bs,
-                    normalize=normalize,
-                    write=write,
-                    shard=(rank, world),
-                    progress=bar,
-                )
-
-    def read_ids() -> None:
-        if not ids:
-            ids.extend(p.doc_id for p in iter_corpus(corpus_root))
-            check_ids(ids)
-
-    def prepare(tmp: Path) -> None:  # rank 0 (or the only process): an empty memmap filled in place
-        read_ids()
-        np.memmap(tmp / EMB_FILE, dtype=np.float16, mode="w+", shape=(max(len(ids), 1), dim)).flush()
-
-    def fill(tmp: Path) -> None:  # every rank: its share of the batches (all of them in one process)
-        read_ids()
-        matrix = np.memmap(tmp / EMB_FILE, dtype=np.float16, mode="r+", shape=(max(len(ids), 1), dim))
-        encode_into(matrix)
-        matrix.flush()  # before the barrier, so rank 0 never publishes rows still in another node's cache
-        del matrix
-
-    meta = {"model": model_cfg.get("name"), "dataset": dataset_cfg.get("name")}
-    store.build_collective(
-        "embeddings", key, fill, meta, prepare=prepare, finish=lambda tmp: write_ids_meta(tmp, ids, dim, key)
-    )
-    return CorpusEmbeddings.open(store.path(key), key)
+        return getattr(embeddings, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
