@@ -17,10 +17,8 @@ other than the evaluated dataset's own, filtered by its qrels) end cleanly with 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,116 +27,27 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from readaptir.artifacts import ArtifactStore, atomic_write_json
-from readaptir.data import (
-    DataError,
-    KnowledgeSubset,
-    dataset_dir,
-    ensure_dataset,
-    knowledge_subset,
-    load_qrels,
-    relevant_doc_ids,
+from readaptir.artifacts import ArtifactStore
+from readaptir.cell import (  # noqa: F401 (re-exported: the cell API is also reached through the pipeline)
+    ConfigError,
+    cell_coords,
+    cell_name,
+    cell_subset,
+    check_config,
+    eval_root,
+    format_cell,
+    is_demo,
+    job_dir,
+    knowledge_corpus_root,
+    rank_world,
+    results_path,
+    write_results,
 )
+from readaptir.data import KnowledgeSubset, load_qrels, relevant_doc_ids
 from readaptir.errors import UserError
+from readaptir.keys import adapter_key, base_weights_key, weights_identity  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-DEMO_NOTICE = "DEMO: these numbers come from tiny random models on a toy dataset and mean nothing."
-
-
-class ConfigError(UserError):
-    """An incomplete or inconsistent config, refused before anything heavy runs."""
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse missing keys (``???``) and unknown choices before any model loads."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            f"config keys without a value: {', '.join(missing)}; set them on the command line "
-            f"(e.g. {missing[0]}=...)"
-        )
-    if cfg.readapt.knowledge_scaling not in ("delta", "peft_scale"):
-        raise ConfigError(
-            f"readapt.knowledge_scaling={cfg.readapt.knowledge_scaling!r}: use delta or peft_scale"
-        )
-    if cfg.train.batching not in ("paper", "packed"):
-        raise ConfigError(f"train.batching={cfg.train.batching!r}: use paper or packed")
-
-
-def cell_coords(cfg: DictConfig) -> dict[str, Any]:
-    return {
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "adapter": cfg.adapter.name,
-        "ablation": cfg.ablation.name,
-        "alpha": float(cfg.readapt.alpha),
-        "beta": float(cfg.readapt.beta),
-        "knowledge_scaling": cfg.readapt.knowledge_scaling,
-    }
-
-
-def cell_name(c: dict[str, Any]) -> str:
-    return f"{c['adapter']}-{c['ablation']}-a{c['alpha']:g}-b{c['beta']:g}-{c['knowledge_scaling']}"
-
-
-def results_path(cfg: DictConfig) -> Path:
-    c = cell_coords(cfg)
-    return (
-        Path(cfg.paths.results_dir).expanduser().resolve()
-        / c["model"]
-        / c["dataset"]
-        / f"{cell_name(c)}.json"
-    )
-
-
-def is_demo(cfg: DictConfig) -> bool:
-    return bool(cfg.model.get("tiny"))
-
-
-def cell_subset(cfg: DictConfig) -> KnowledgeSubset:
-    return knowledge_subset(
-        cfg.adapter.corpus,
-        cfg.ablation.name,
-        cfg.dataset.name,
-        cfg.dataset.knowledge_corpus,
-        cfg.dataset.split,
-    )
-
-
-def weights_identity(name_or_path: str | os.PathLike) -> str:
-    """What a model is, independent of where it sits: a hub id as is, a local folder by its contents.
-
-    Artifact keys use this, so moving the cache (or building the tiny models in another folder) does
-    not invalidate anything, while a changed weight file does.
-    """
-    p = Path(str(name_or_path)).expanduser()
-    if not p.is_dir():
-        return str(name_or_path)
-    h = hashlib.sha256()
-    for f in sorted(p.iterdir()):
-        if f.suffix in (".json", ".safetensors", ".bin", ".model") and not f.name.startswith("."):
-            h.update(f.name.encode())
-            if f.suffix in (".safetensors", ".bin"):
-                from readaptir.data import file_fingerprint
-
-                h.update(file_fingerprint(f).encode())
-            else:
-                h.update(_stable_json(f))
-    return f"local:{h.hexdigest()[:16]}"
-
-
-def _stable_json(f: Path) -> bytes:
-    """JSON file content without fields that only record where the file came from."""
-    try:
-        obj = json.loads(f.read_text())
-    except ValueError:
-        return f.read_bytes()
-    if isinstance(obj, dict):
-        for k in ("base_model_name_or_path", "_name_or_path", "transformers_version"):
-            obj.pop(k, None)
-    return json.dumps(obj, sort_keys=True).encode()
 
 
 def ensure_models(cfg: DictConfig) -> None:
@@ -168,75 +77,6 @@ def ensure_models(cfg: DictConfig) -> None:
                 f"({e.__class__.__name__}); run `huggingface-cli login` (Llama-2 is gated) with network, or "
                 f"set model.{field}=/path/to/a/local/copy"
             ) from e
-
-
-def knowledge_corpus_root(cfg: DictConfig) -> Path:
-    name = cfg.adapter.corpus
-    if name == cfg.dataset.name:
-        return ensure_dataset(
-            cfg.dataset.beir_name,
-            cfg.paths.data_dir,
-            cfg.dataset.url,
-            bool(cfg.dataset.get("builtin", False)),
-        )
-    return ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
-
-
-def eval_root(cfg: DictConfig) -> Path:
-    return ensure_dataset(
-        cfg.dataset.beir_name, cfg.paths.data_dir, cfg.dataset.url, bool(cfg.dataset.get("builtin", False))
-    )
-
-
-def base_weights_key(cfg: DictConfig, store: ArtifactStore) -> str:
-    m = cfg.model
-    if not m.get("readapt", True):  # baselines: the model name + its scoring settings identify it
-        return store.key("weights", {k: v for k, v in OmegaConf.to_container(m).items() if k != "tiny"})
-    return store.key(
-        "weights",
-        {
-            "pretrained": weights_identity(m.pretrained),
-            "retriever": weights_identity(m.retriever),
-            "kind": m.retriever_kind,
-        },
-    )
-
-
-def adapter_key(
-    cfg: DictConfig,
-    store: ArtifactStore,
-    tokens_key: str,
-    sub: KnowledgeSubset,
-    relevant: frozenset[str] | None,
-) -> str:
-    """Exactly what determines a knowledge adapter: recipe, subset, pretrained weights, token cache."""
-    from readaptir.train import adapter_key_config
-
-    subset = {"subset": sub.subset}
-    if sub.subset != "both":
-        # The subset is the set of judged-relevant doc ids: hash it, not the dataset's name.
-        subset["relevant"] = hashlib.sha256("\n".join(sorted(relevant or ())).encode()).hexdigest()[:16]
-    # bf16 on CUDA vs float32 on CPU, and the DDP world size (it multiplies the effective batch), change
-    # the trained adapter, so they are part of what determines it.
-    run_env = {
-        "precision": "bf16" if torch.cuda.is_available() else "fp32",
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-    }
-    return store.key(
-        "adapter",
-        {
-            **adapter_key_config(cfg.adapter, cfg.train),
-            **subset,
-            **run_env,
-            "pretrained": weights_identity(cfg.model.pretrained),
-        },
-        parents=[tokens_key],
-    )
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) under `accelerate launch` / torchrun, else (0, 1)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @contextmanager
@@ -320,7 +160,7 @@ def evaluate_readapted(
             )
             report = built["report"]
             store.build("readapted", ra_key, lambda tmp: (tmp / "report.json").write_text(json.dumps(report)))
-            if cfg.readapt.save_model and _rank_world()[0] == 0:
+            if cfg.readapt.save_model and rank_world()[0] == 0:
                 store.build("retriever", model_key, lambda tmp: _save_model(built["model"], tokenizer, tmp))
         return built["model"], tokenizer
 
@@ -340,25 +180,6 @@ def _save_model(model: Any, tokenizer: Any, out: Path) -> None:
 
 def _flat(d: dict, prefix: str) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in d.items() if isinstance(v, (int, float))}
-
-
-def job_dir(cfg: DictConfig) -> Path:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:  # noqa: BLE001 - run(cfg) called outside a Hydra app (tests, notebooks)
-        return Path(cfg.run.get("out_dir") or ".").resolve()
-
-
-def write_results(cfg: DictConfig, results: dict) -> Path:
-    """results.json into the job folder and the results store (atomic writes; rank 0 only)."""
-    if _rank_world()[0] != 0:
-        return results_path(cfg)
-    atomic_write_json(job_dir(cfg) / "results.json", results)
-    path = results_path(cfg)
-    atomic_write_json(path, results)
-    return path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -390,7 +211,7 @@ def run(cfg: DictConfig) -> dict:
 
     t0 = time.time()
     ensure_models(cfg)  # before any process group: save_pretrained skips config.json on ranks > 0
-    if _rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         # Initialise the process group once, for every later PartialState()/Accelerator(): without
         # cpu=True a CPU-only `accelerate launch`/torchrun would silently run as N single processes.
         from accelerate import PartialState
@@ -403,7 +224,7 @@ def run(cfg: DictConfig) -> dict:
 
     store = ArtifactStore(cfg.paths.cache_dir)
     timings: dict[str, float] = {}
-    rank = _rank_world()[0]
+    rank = rank_world()[0]
     tracker = start_tracker(
         cfg.tracking if rank == 0 else {"backend": "none"},  # one W&B run per cell, not per GPU
         {
@@ -472,37 +293,3 @@ def run(cfg: DictConfig) -> dict:
     if rank == 0:
         print(format_cell(results, path))
     return results
-
-
-def format_cell(results: dict, path: Path | None = None) -> str:
-    """A short human summary of one cell's results."""
-    c = results["cell"]
-    if results.get("readapt", True):
-        head = (
-            f"{c['model']} × {c['dataset']} × adapter={c['adapter']} × ablation={c['ablation']} "
-            f"(α={c['alpha']:g}, β={c['beta']:g}, {c['knowledge_scaling']})"
-        )
-    else:
-        head = f"{c['model']} × {c['dataset']} (baseline: base model only, RE-Adapt does not apply)"
-    lines = [head]
-    if results.get("demo"):
-        lines.append(DEMO_NOTICE)
-    b = results.get("base", {}).get("NDCG@10")
-    r = results.get("readapted", {}).get("NDCG@10")
-    if b is not None:
-        line = f"  nDCG@10 base {100 * b:.1f}"
-        if r is not None:
-            p = results.get("significance", {}).get("p_value")
-            line += f"  readapted {100 * r:.1f}  Δ {100 * (r - b):+.1f}" + (
-                f"  (p={p:.3g})" if p is not None else ""
-            )
-        lines.append(line)
-    reused = [e for e in results.get("artifact_events", []) if e["reused"]]
-    built = [e for e in results.get("artifact_events", []) if not e["reused"]]
-    lines.append(f"  artifacts: {len(built)} built, {len(reused)} reused")
-    if path:
-        lines.append(f"  results: {path}")
-    return "\n".join(lines)
-
-
-__all__ = ["run", "check_config", "cell_coords", "results_path", "ConfigError", "DataError", "dataset_dir"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from readaptir.pipeline import cell_coords, cell_subset, results_path
+from readaptir.cell import cell_coords, cell_subset, results_path
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_MODELS = ["repllama", "e5-mistral"]
