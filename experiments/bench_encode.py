@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from readaptir.encode import encode_ids, make_batches, padding_fraction
+from readaptir.tiny import LLAMA2_7B_SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,11 @@ SHAPES = {
         num_attention_heads=8,
         num_key_value_heads=8,
     ),
-    # LLaMA-2-7B: 32 layers × 4096 wide, 11008 MLP, 32 heads (≈ 6.5 GFLOP per token forward).
-    "7b": dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-    ),
+    "7b": {
+        k: v
+        for k, v in LLAMA2_7B_SHAPES.items()
+        if k.endswith(("_size", "_layers", "_heads")) and k != "vocab_size"
+    },
 }
 BOS, EOS, VOCAB = 1, 2, 32000
 

@@ -30,7 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from readaptir.artifacts import ArtifactStore  # noqa: E402
-from readaptir.tiny import ensure_tiny  # noqa: E402
+from readaptir.tiny import (
+    LLAMA2_7B_SHAPES,
+    ensure_tiny,  # noqa: E402
+)
 from readaptir.tokens import TokenCache, ensure_token_cache, write_token_cache  # noqa: E402
 from readaptir.train import attn_implementation, train_knowledge_adapter  # noqa: E402
 
@@ -55,19 +58,7 @@ TRAIN = {
     "checkpoint_every": 0,
     "log_every": 10,
 }
-LLAMA2_7B = dict(
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    vocab_size=32000,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-5,
-    bos_token_id=1,
-    eos_token_id=2,
-    tie_word_embeddings=False,
-)
+LLAMA2_7B = dict(LLAMA2_7B_SHAPES, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 # In between, for CPU: wide enough that matmuls (not per-step overhead) dominate, like at 7B.
 SMALL = {
     **LLAMA2_7B,

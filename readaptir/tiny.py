@@ -45,6 +45,18 @@ SHAPES = dict(
     rms_norm_eps=1e-5,
 )
 VOCAB_SIZE = 384
+# LLaMA-2-7B's transformer (32 layers × 4096 wide, 11008 MLP, 32 heads: ≈ 6.5 GFLOP per token forward),
+# for benchmarks with random weights at the real shapes.
+LLAMA2_7B_SHAPES = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+)
 SHARD_SIZE = "150KB"  # ≈ 4 shards per model: exercises shard-by-shard weight arithmetic
 RETRIEVER_LORA_TARGETS = ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # RepLLaMA's
 E5_DELTA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
