@@ -185,7 +185,12 @@ def _flat(d: dict, prefix: str) -> dict[str, Any]:
 def run(cfg: DictConfig) -> dict:
     """Run (or, with run.plan=true, describe) one cell and return its results dict."""
     check_config(cfg)
-    for noisy in ("beir", "sentence_transformers", "httpx"):  # per-metric INFO lines drown the cell summary
+    for noisy in (
+        "beir",
+        "sentence_transformers",
+        "httpx",
+        "faiss",
+    ):  # per-metric INFO lines drown the cell summary
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if cfg.run.plan:
         from readaptir.plan import describe_cell

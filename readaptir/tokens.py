@@ -217,6 +217,9 @@ def ensure_token_cache(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(local_tokenizer_dir(tokenizer_dir))
+        # Whole passages are cached untruncated (training truncates to train.max_tokens, keeping EOS):
+        # silence the "longer than the maximum sequence length" warning meant for model inputs.
+        tokenizer.model_max_length = 1 << 62
         total = _count_lines(corpus_root / "corpus.jsonl")
         log.info("Tokenizing %s (%d lines) with %s", corpus_root, total, tokenizer_dir)
         items = tqdm(
