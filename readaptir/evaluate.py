@@ -16,7 +16,6 @@ alike (SPEC §7), and call BeIR with it off so what is scored is exactly what is
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -365,7 +364,3 @@ def evaluate_retriever(
         "artifacts": artifacts,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-
-
-def load_metrics(out_dir: str | os.PathLike) -> dict[str, float]:
-    return json.loads((Path(out_dir) / METRICS_FILE).read_text())

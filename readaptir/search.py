@@ -52,6 +52,12 @@ def drop_self_hits(
     return run
 
 
+def _chunks(corpus: CorpusEmbeddings, chunk_size: int, desc: str):
+    """(first row, rows) of the corpus embeddings, ``chunk_size`` rows at a time, with a progress bar."""
+    n = -(-len(corpus) // chunk_size)
+    return tqdm(corpus.chunks(chunk_size), desc=desc, unit="chunk", leave=False, total=n)
+
+
 def faiss_topk(
     query_emb: np.ndarray, corpus: CorpusEmbeddings, k: int, chunk_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -63,13 +69,7 @@ def faiss_topk(
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, 0, index)
         log.info("FAISS: GPU flat index")
-    for _, rows in tqdm(
-        corpus.chunks(chunk_size),
-        desc="faiss add",
-        unit="chunk",
-        leave=False,
-        total=-(-len(corpus) // chunk_size),
-    ):
+    for _, rows in _chunks(corpus, chunk_size, "faiss add"):
         index.add(np.ascontiguousarray(rows, dtype=np.float32))
     return index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
 
@@ -87,13 +87,7 @@ def stream_topk(
     nq = q.shape[0]
     best_s = torch.full((nq, 0), float("-inf"), device=device)
     best_i = torch.zeros((nq, 0), dtype=torch.long, device=device)
-    for start, rows in tqdm(
-        corpus.chunks(chunk_size),
-        desc="stream search",
-        unit="chunk",
-        leave=False,
-        total=-(-len(corpus) // chunk_size),
-    ):
+    for start, rows in _chunks(corpus, chunk_size, "stream search"):
         c = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
         new_s, new_i = [], []
         for qs in range(0, nq, QUERY_BLOCK):

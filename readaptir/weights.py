@@ -105,12 +105,6 @@ def tensor_shapes(
     return {name: shapes[name] for name in index}  # keep the index's (= the model's) order
 
 
-def shard_bytes(folder: str | os.PathLike) -> dict[str, int]:
-    """Size on disk of each shard file, for logging and memory budgeting."""
-    folder = Path(folder)
-    return {shard: (folder / shard).stat().st_size for shard in sorted(set(shard_index(folder).values()))}
-
-
 def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(adapter_config.json as a dict, all adapter tensors) of a PEFT adapter folder."""
     folder = Path(folder)
