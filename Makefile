@@ -29,7 +29,7 @@ install: $(VENV)/.installed ## create .venv and install readaptir (+ dev tools);
 
 demo: install ## embedded default: both tiny retrievers on the toy set, full pipeline, CPU, minutes
 	$(PY) run.py -m experiment=demo
-	$(PY) -m readaptir.tables table1 --results-dir $(RESULTS) --out outputs/demo \
+	$(PY) -m readaptir.report table1 --results-dir $(RESULTS) --out outputs/demo \
 	    --models tiny-llama,tiny-mistral --datasets toy
 
 test: install ## the test suite (CPU; real-data tests use READAPTIR_DATA, default ../shared/beir)
@@ -43,23 +43,23 @@ lint: install ## ruff lint + format check
 	$(PY) -m ruff format --check readaptir tests experiments run.py
 
 plan: install ## cells, unique adapters/encodings and GPU-hours of the paper's full grid (loads nothing)
-	$(PY) -m readaptir.plan
+	$(PY) -m readaptir.grid.plan
 
 table1: install ## Table 1 (in-domain adapter, both models × 14 datasets) → experiments/table1/
 	$(SWEEP) experiment=table1
-	$(PY) -m readaptir.tables table1 --results-dir $(RESULTS) --out experiments/table1
+	$(PY) -m readaptir.report table1 --results-dir $(RESULTS) --out experiments/table1
 
 table2: install ## Table 2 (test-passage ablation) → experiments/table2/
 	$(SWEEP) experiment=table2
-	$(PY) -m readaptir.tables table2 --results-dir $(RESULTS) --out experiments/table2
+	$(PY) -m readaptir.report table2 --results-dir $(RESULTS) --out experiments/table2
 
 table3: install ## Table 3 (MS-MARCO knowledge adapter) → experiments/table3/
 	$(SWEEP) experiment=table3
-	$(PY) -m readaptir.tables table3 --results-dir $(RESULTS) --out experiments/table3
+	$(PY) -m readaptir.report table3 --results-dir $(RESULTS) --out experiments/table3
 
 figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure2/
 	$(SWEEP) experiment=figure2
-	$(PY) -m readaptir.tables figure2 --results-dir $(RESULTS) --out experiments/figure2
+	$(PY) -m readaptir.report figure2 --results-dir $(RESULTS) --out experiments/figure2
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
 	$(PY) experiments/bench_train.py

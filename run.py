@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from readaptir.errors import UserError
-    from readaptir.pipeline import run
+    from readaptir.grid.cell import run
 
     try:
         run(cfg)

@@ -1,11 +1,11 @@
 """Benchmark of corpus encoding: passages/s and padding, length-sorted token-budget batches vs arrival order.
 
 Why: most encoders batch passages in arrival order, so every batch is padded to its longest passage;
-on MS-MARCO-like lengths that is ~2/3 padding (SPEC §6). ``readaptir.encode`` sorts by length and fills
+on MS-MARCO-like lengths that is ~2/3 padding (docs/method.md §6). ``readaptir.retrieval.dense`` sorts by length and fills
 batches up to a token budget. This script times the very code path the harness uses
-(``readaptir.encode.encode_ids``) both ways, on random-weight models:
+(``readaptir.retrieval.dense.encode_ids``) both ways, on random-weight models:
 
-- ``--shape tiny``: readaptir.tiny's LLaMA shape (CPU, seconds); ``--shape small``: 8 layers × 512 wide;
+- ``--shape tiny``: readaptir.models.tiny LLaMA shape (CPU, seconds); ``--shape small``: 8 layers × 512 wide;
 - ``--shape 7b``: LLaMA-2-7B shapes, bf16, needs a GPU (random weights: speed only).
 
 Lengths are realistic: ``--lengths scifact`` uses the real SciFact passages of READAPTIR_DATA (token
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from readaptir.encode import encode_ids, make_batches, padding_fraction
-from readaptir.tiny import LLAMA2_7B_SHAPES
+from readaptir.models.tiny import LLAMA2_7B_SHAPES
+from readaptir.retrieval.dense import encode_ids, make_batches, padding_fraction
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def lengths_scifact(n: int, max_len: int) -> np.ndarray:
     """Token counts of real SciFact passages in RepLLaMA's prompt (WordPiece as a LLaMA stand-in)."""
     from transformers import AutoTokenizer
 
-    from readaptir.baselines import minilm_path
-    from readaptir.data import iter_corpus
+    from readaptir.data.beir import iter_corpus
+    from readaptir.retrieval.sbert import minilm_path
 
     root = Path(os.environ.get("READAPTIR_DATA", Path(__file__).resolve().parents[2] / "shared" / "beir"))
     tok = AutoTokenizer.from_pretrained(minilm_path(), model_max_length=1 << 20)  # count, never truncate

@@ -1,4 +1,4 @@
-"""Peak-memory benchmark of RE-Adapt weight arithmetic (``readaptir.readapt``) on a several-shard model.
+"""Peak-memory benchmark of RE-Adapt weight arithmetic (``readaptir.readapt.arithmetic``) on a several-shard model.
 
 Why: the arithmetic must stay near "one model (the output) plus one input shard" even though it reads
 three models' worth of tensors (pretrained causal LM, e5-style full-weight retriever, DoRA knowledge
@@ -80,7 +80,7 @@ def measure(method: str, pretrained: str, retriever: str, adapter: str) -> dict[
     import peft  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
-    from readaptir.readapt import readapt_weights
+    from readaptir.readapt.arithmetic import readapt_weights
 
     base_rss = rss_mb("VmRSS")
     t0 = time.perf_counter()

@@ -1,8 +1,8 @@
 """Benchmark knowledge-adapter training: ``paper`` (batch 4, padded) vs ``packed`` (4 × 1024 tokens, isolated).
 
 Prints passages/s, real (non-padding) tokens/s and the padding fraction of each batching mode, running
-the real training loop (:func:`readaptir.train.train_knowledge_adapter`) on a synthetic token cache whose
-passage lengths follow an MS-MARCO-like log-normal (mean ≈ 78 tokens, SPEC §6), or on a real corpus.
+the real training loop (:func:`readaptir.train.knowledge.train_knowledge_adapter`) on a synthetic token cache whose
+passage lengths follow an MS-MARCO-like log-normal (mean ≈ 78 tokens, docs/method.md §6), or on a real corpus.
 
     python experiments/bench_train.py                          # tiny LLaMA, CPU, 400 synthetic passages
     python experiments/bench_train.py --corpus ../shared/beir/scifact --passages 200
@@ -30,13 +30,12 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from readaptir.artifacts import ArtifactStore  # noqa: E402
-from readaptir.tiny import (
-    LLAMA2_7B_SHAPES,
-    ensure_tiny,  # noqa: E402
-)
-from readaptir.tokens import TokenCache, ensure_token_cache, write_token_cache  # noqa: E402
-from readaptir.train import attn_implementation, train_knowledge_adapter  # noqa: E402
+from readaptir.grid.keys import tokens_key  # noqa: E402
+from readaptir.models.tiny import LLAMA2_7B_SHAPES, ensure_tiny  # noqa: E402
+from readaptir.store.artifacts import ArtifactStore  # noqa: E402
+from readaptir.train.causal_lm import attn_implementation  # noqa: E402
+from readaptir.train.knowledge import train_knowledge_adapter  # noqa: E402
+from readaptir.train.tokens import TokenCache, ensure_token_cache, write_token_cache  # noqa: E402
 
 # The paper's recipe, read from the configs the grid uses (so the benchmark never drifts from them);
 # no checkpoints while timing.
@@ -113,7 +112,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.corpus is not None:
-            cache = ensure_token_cache(ArtifactStore(args.cache_dir), tiny.pretrained, args.corpus)
+            key = tokens_key(tiny.pretrained, Path(args.corpus))
+            cache = ensure_token_cache(ArtifactStore(args.cache_dir), key, tiny.pretrained, args.corpus)
             source = f"{args.corpus.name} ({len(cache)} passages, tiny tokenizer)"
         else:
             vocab = LLAMA2_7B["vocab_size"] if args.shape != "tiny" else 384

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from readaptir.config import TrackingSettings, typed
+
 log = logging.getLogger(__name__)
 
 # Keep wandb's console chatter (banners, sync hints, system-metrics threads) out of logs and tests.
@@ -33,15 +35,6 @@ _QUIET_ENV = {
     "WANDB_DISABLE_GIT": "true",
     "WANDB_DISABLE_CODE": "true",
 }
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read a key from a DictConfig or a plain mapping."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def resolve_mode(mode: str | None) -> str:
@@ -186,22 +179,16 @@ class Tracker:
 
 
 def start_tracker(
-    tracking_cfg: Any,
+    settings: TrackingSettings | Mapping[str, Any] | None,
     config: Mapping[str, Any],
     name: str,
     group: str | None,
     job_type: str,
     tags: Sequence[str] | None = None,
 ) -> Tracker:
-    """Build and start a :class:`Tracker` from the ``tracking:`` config node (backend wandb | none)."""
-    backend = str(_get(tracking_cfg, "backend", "none") or "none").lower()
-    if backend not in ("wandb", "none"):
-        raise ValueError(f"tracking.backend={backend!r}: use wandb or none")
+    """Build and start a :class:`Tracker` from the ``tracking:`` settings (backend wandb | none)."""
+    s = typed(TrackingSettings, settings if settings is not None else {"backend": "none"})
     tracker = Tracker(
-        enabled=backend == "wandb",
-        project=_get(tracking_cfg, "project", "readaptir"),
-        entity=_get(tracking_cfg, "entity"),
-        mode=_get(tracking_cfg, "mode", "auto"),
-        dir=_get(tracking_cfg, "dir"),
+        enabled=s.backend == "wandb", project=s.project, entity=s.entity, mode=s.mode, dir=s.dir
     )
     return tracker.start(config, name=name, group=group, job_type=job_type, tags=tags)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from readaptir.data import RESOURCES
-from readaptir.tiny import TinyModels, ensure_tiny
+from readaptir.data.beir import RESOURCES
+from readaptir.models.tiny import TinyModels, ensure_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BEIR = Path(os.environ.get("READAPTIR_DATA", REPO.parent / "shared" / "beir")).resolve()

@@ -8,7 +8,8 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from readaptir.artifacts import ArtifactStore, atomic_write_json, make_key
+from readaptir.fs import atomic_write_json
+from readaptir.store.artifacts import ArtifactStore, make_key
 
 
 def test_keys_are_canonical_and_sensitive():

@@ -1,4 +1,4 @@
-"""Baselines check the harness against published numbers (SPEC §5): BM25 and all-MiniLM-L6-v2 on SciFact."""
+"""Baselines check the harness against published numbers (docs/method.md §5): BM25 and all-MiniLM-L6-v2 on SciFact."""
 
 from __future__ import annotations
 
@@ -9,32 +9,39 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from readaptir.artifacts import ArtifactStore
-from readaptir.baselines import bm25_search
-from readaptir.data import load_qrels, load_queries
-from readaptir.evaluate import evaluate_retriever, evaluate_run
+from readaptir.config import CellConfig, ModelSpec
+from readaptir.data.beir import load_qrels, load_queries
+from readaptir.evaluate import evaluate_run
+from readaptir.grid.cell import run_cell
+from readaptir.retrieval.lexical import BM25Retriever
 
 REPO = Path(__file__).resolve().parents[1]
-BM25 = {
-    "name": "bm25",
-    "family": "lexical",
-    "k1": 1.5,
-    "b": 0.75,
-    "method": "lucene",
-    "stemmer": "english",
-    "stopwords": "en",
-}
+BM25 = ModelSpec(name="bm25", kind="lexical", readapt=False, k1=1.5, b=0.75, method="lucene", stemmer="english",
+                 stopwords="en")  # fmt: skip
+
+
+def bm25_search(root, queries, spec, top_k):
+    """BM25 through the Retriever interface: index into a folder, search it."""
+    r = BM25Retriever(spec)
+    out = root / ".bm25-index"
+    out.mkdir(exist_ok=True)
+    r.index_build(root).finish(out)
+    return r.search(r.open_index(out), r.encode_queries(queries), top_k)
 
 
 def _cfg(cache, data, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("config", overrides=[f"paths.cache_dir={cache}", f"paths.data_dir={data}", *overrides])
+        cfg = compose("config", overrides=[f"paths.cache_dir={cache}", f"paths.data_dir={data}", *overrides])
+    return CellConfig.from_hydra(cfg)
 
 
-def test_bm25_toy(toy_dir):
-    qrels = load_qrels(toy_dir, "test")
-    run = bm25_search(toy_dir, load_queries(toy_dir, set(qrels)), BM25, top_k=100)
-    metrics, _ = evaluate_run(qrels, run, [10, 100], "toy")
+def test_bm25_toy(toy_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(toy_dir, tmp_path / "toy")
+    qrels = load_qrels(tmp_path / "toy", "test")
+    run = bm25_search(tmp_path / "toy", load_queries(toy_dir, set(qrels)), BM25, top_k=100)
+    metrics, _ = evaluate_run(qrels, run, [10, 100])
     assert metrics["NDCG@10"] > 0.3  # lexical overlap is strong on the toy set; random would be ≈ 0.02
 
 
@@ -56,8 +63,8 @@ def test_bm25_self_hits(tmp_path):
 def test_scifact_reference_numbers(beir_dir, tmp_path, model, low, high):
     cfg = _cfg(tmp_path, beir_dir, f"model={model}", "dataset=scifact")
     t0 = time.time()
-    out = evaluate_retriever(cfg, ArtifactStore(cfg.paths.cache_dir))
-    ndcg = out["metrics"]["NDCG@10"]
+    record = run_cell(cfg, tmp_path / "job")
+    ndcg = record.base["NDCG@10"]
     print(f"{model} SciFact NDCG@10={ndcg:.4f} in {time.time() - t0:.0f}s")
     assert low <= ndcg <= high, f"{model}: NDCG@10 {ndcg:.4f} outside [{low}, {high}]"
-    assert len(out["per_query"]) == 300
+    assert record.status == "done" and not record.readapted and (tmp_path / "job" / "results.json").is_file()

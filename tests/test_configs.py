@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from readaptir.config import CellConfig, ConfigError
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_DATASETS = {
     "msmarco",
@@ -27,7 +29,7 @@ PAPER_DATASETS = {
     "scifact",
     "nfcorpus",
 }
-SPEC_TASKS = {
+PAPER_TASKS = {
     "msmarco": "Given a web search query, retrieve relevant passages that answer the query",
     "arguana": "Given a claim, find documents that refute the claim",
     "climate-fever": "Given a claim about climate change, retrieve documents that support or refute the claim",
@@ -79,7 +81,7 @@ def test_dataset_configs(hydra_ctx, name):
     cfg = _compose([f"dataset={name}", "model=e5-mistral"])
     d = cfg.dataset
     assert d.name == d.beir_name == name
-    assert d.task == SPEC_TASKS[name]
+    assert d.task == PAPER_TASKS[name]
     assert d.split == ("dev" if name == "msmarco" else "test")
     assert d.corpus_size > 3000
     assert set(d.seen_by) <= {"repllama", "e5-mistral"}
@@ -110,6 +112,8 @@ def test_every_group_option_composes(hydra_ctx, model, dataset, adapter, ablatio
     cfg = _compose([f"model={model}", f"dataset={dataset}", f"adapter={adapter}", f"ablation={ablation}"])
     assert cfg.model.name == model
     assert cfg.adapter.name == adapter and cfg.ablation.name == ablation
+    typed = CellConfig.from_hydra(cfg)  # every option passes the validation run.py applies
+    assert typed.model.kind == {"bm25": "lexical", "minilm": "sbert"}.get(model, "dense")
 
 
 def test_full_paper_grid_composes(hydra_ctx):
@@ -131,7 +135,29 @@ def test_full_paper_grid_composes(hydra_ctx):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(hydra_ctx, experiment):
     cfg = _compose([f"experiment={experiment}"])
-    assert cfg.model.name
+    assert cfg.model.name and CellConfig.from_hydra(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.batch_size=-1", "config key train.batch_size=-1: must be ≥ 1"),
+        ("train.batch_size=0", "config key train.batch_size=0: must be ≥ 1"),
+        ("train.epochs=0", "config key train.epochs=0: must be ≥ 1"),
+        ("search.top_k=0", "config key search.top_k=0: must be ≥ 1"),
+        ("readapt.alpha=abc", "config key readapt.alpha='abc': Input should be a valid number"),
+        ("train.batching=fast", "config key train.batching='fast': use one of 'paper' or 'packed'"),
+        (
+            "readapt.knowledge_scaling=x",
+            "config key readapt.knowledge_scaling='x': use one of 'delta' or 'peft_scale'",
+        ),
+        ("adapter.dropout=1.5", "config key adapter.dropout=1.5: must be < 1"),
+    ],
+)
+def test_bad_values_are_one_line_errors(hydra_ctx, override, message):
+    with pytest.raises(ConfigError) as e:
+        CellConfig.from_hydra(_compose([override]))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 def test_model_conventions(hydra_ctx):

@@ -8,19 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from readaptir.data import (
+from readaptir.data.beir import (
     DataError,
-    count_unknown_qrels,
+    Passage,
     ensure_dataset,
-    file_fingerprint,
     iter_corpus,
-    knowledge_subset,
     load_qrels,
     load_queries,
     passage_training_text,
-    relevant_doc_ids,
-    subset_filter,
 )
+from readaptir.data.subsets import count_unknown_qrels, knowledge_subset, relevant_doc_ids, subset_filter
+from readaptir.store.identity import file_fingerprint
 
 
 def test_toy_dataset_reads(toy_dir):
@@ -58,8 +56,6 @@ def test_unknown_qrels_rows_are_counted(tmp_path):
 
 
 def test_passage_text_strips_empty_title():
-    from readaptir.data import Passage
-
     assert passage_training_text(Passage("1", "", "body ")) == "body"
     assert passage_training_text(Passage("1", "T", "body")) == "T body"
 

@@ -1,4 +1,4 @@
-"""Encoding conventions of SPEC §2 on the tiny models: golden ids, EOS pooling, padding invariance, caching."""
+"""Encoding conventions (docs/method.md §2) on the tiny models: golden ids, EOS pooling, padding invariance, caching."""
 
 from __future__ import annotations
 
@@ -7,22 +7,20 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-import readaptir.encode as enc
-from readaptir.artifacts import ArtifactStore
-from readaptir.data import iter_corpus
-from readaptir.encode import (
-    CorpusEmbeddings,
-    EncodeError,
-    build_input_ids,
+import readaptir.retrieval.embeddings as emb_mod
+from readaptir.config import EncodeSettings, SearchSettings
+from readaptir.data.beir import iter_corpus
+from readaptir.readapt.model import load_base_retriever
+from readaptir.retrieval.dense import (
+    DensePrompts,
+    DenseRetriever,
     embed_batch,
-    encode_corpus_cached,
-    encode_queries,
-    format_passage,
-    format_query,
-    load_base_retriever,
+    load_tokenizer,
     make_batches,
     padding_fraction,
 )
+from readaptir.retrieval.embeddings import CorpusEmbeddings
+from readaptir.retrieval.prompts import EncodeError, build_input_ids, format_passage, format_query
 
 REPLLAMA = {
     "name": "tiny-llama",
@@ -45,64 +43,70 @@ E5 = {
     "query_template": "Instruct: {task}\nQuery: {query}",
     "passage_template": "{title} {text}",
 }
-TASK = {
-    "name": "toy",
-    "beir_name": "toy",
-    "task": "Given a question, retrieve passages that answer the question",
-}
-ENCODE = {"token_budget": 512, "max_batch_size": 8, "dtype": "auto"}
+TASK = "Given a question, retrieve passages that answer the question"
+ENCODE = EncodeSettings(token_budget=512, max_batch_size=8)
+PROMPTS = DensePrompts(REPLLAMA["query_template"], REPLLAMA["passage_template"], TASK, 64, 128)
 
 
-def _cfg(base: dict, tiny) -> dict:
-    return {**base, "pretrained": str(tiny.pretrained), "retriever": str(tiny.retriever)}
+def _load(tiny):
+    model = load_base_retriever(tiny.pretrained, tiny.retriever, device="cpu")
+    return model, load_tokenizer(tiny.retriever, tiny.pretrained)
 
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama):
-    return load_base_retriever(_cfg(REPLLAMA, tiny_llama), device="cpu")
+    return _load(tiny_llama)
 
 
 @pytest.fixture(scope="module")
 def mistral(tiny_mistral):
-    return load_base_retriever(_cfg(E5, tiny_mistral), device="cpu")
+    return _load(tiny_mistral)
+
+
+def _q(m, q):
+    return format_query(m["query_template"], TASK, q)
+
+
+def _p(m, title, text):
+    return format_passage(m["passage_template"], title, text)
 
 
 def test_prompt_texts():
-    assert format_query(REPLLAMA, TASK, "q?") == "query: q?"
-    assert format_query(E5, TASK, "q?") == f"Instruct: {TASK['task']}\nQuery: q?"
-    assert format_passage(REPLLAMA, "T", "body") == "passage: T body"
-    assert format_passage(REPLLAMA, "", "body") == "passage: body"  # one space when the title is empty
-    assert format_passage(E5, "T", "body") == "T body"
-    assert format_passage(E5, "", " body ") == "body"
+    assert _q(REPLLAMA, "q?") == "query: q?"
+    assert _q(E5, "q?") == f"Instruct: {TASK}\nQuery: q?"
+    assert _p(REPLLAMA, "T", "body") == "passage: T body"
+    assert _p(REPLLAMA, "", "body") == "passage: body"  # one space when the title is empty
+    assert _p(E5, "T", "body") == "T body"
+    assert _p(E5, "", " body ") == "body"
 
 
 def test_golden_ids_repllama(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama.retriever)
-    q = build_input_ids(tok, [format_query(REPLLAMA, TASK, "what do cats eat?")], 64)[0]
+    q = build_input_ids(tok, [_q(REPLLAMA, "what do cats eat?")], 64)[0]
     # <s> ▁qu er y : ▁w hat ▁d o ▁c at s ▁eat? </s>
     assert q == [1, 155, 51, 40, 5, 80, 55, 83, 30, 57, 46, 34, 323, 2]
-    p = build_input_ids(tok, [format_passage(REPLLAMA, "the cat", "cats eat mice")], 128)[0]
+    p = build_input_ids(tok, [_p(REPLLAMA, "the cat", "cats eat mice")], 128)[0]
     # <s> ▁p as s a ge : ▁the ▁c at ▁c at s ▁eat ▁m i c e </s>
     assert p == [1, 96, 156, 34, 17, 317, 5, 49, 57, 46, 57, 46, 34, 166, 67, 25, 19, 21, 2]
     assert tok.convert_ids_to_tokens(p)[:8] == ["<s>", "▁p", "as", "s", "a", "ge", ":", "▁the"]
     # Truncation keeps BOS and EOS: [bos] + tokens[:max_len-2] + [eos].
     truncated = [1, 96, 156, 34, 17, 2]  # <s> ▁p as s a </s>
-    assert build_input_ids(tok, [format_passage(REPLLAMA, "the cat", "cats eat mice")], 6)[0] == truncated
+    assert build_input_ids(tok, [_p(REPLLAMA, "the cat", "cats eat mice")], 6)[0] == truncated
 
 
 def test_golden_ids_e5(tiny_mistral):
     tok = AutoTokenizer.from_pretrained(tiny_mistral.retriever)
-    q = build_input_ids(tok, [format_query(E5, TASK, "what do cats eat?")], 64)[0]
+    q = build_input_ids(tok, [_q(E5, "what do cats eat?")], 64)[0]
     assert q[:9] == [1, 126, 29, 34, 35, 33, 36, 163, 5]  # <s> ▁I n s t r u ct :
     # The "\n" is <unk> (0) for the tiny vocabulary, then "Query:" and the query itself.
     assert tok.convert_ids_to_tokens(q[41:47]) == ["on", "<unk>", "Q", "u", "er", "y"]
     assert q[-11:] == [40, 5, 80, 55, 83, 30, 57, 46, 34, 323, 2]  # y : ▁w hat ▁d o ▁c at s ▁eat? </s>
     assert len(q) == 57 and q.count(2) == 1
-    p = build_input_ids(tok, [format_passage(E5, "the cat", "cats eat mice")], 128)[0]
+    p = build_input_ids(tok, [_p(E5, "the cat", "cats eat mice")], 128)[0]
     assert p == [1, 49, 57, 46, 57, 46, 34, 166, 67, 25, 19, 21, 2]  # no instruction on passages
     untitled = [1, 57, 46, 34, 166, 67, 25, 19, 21, 2]  # <s> ▁c at s ▁eat ▁m i c e </s>
-    assert build_input_ids(tok, [format_passage(E5, "", "cats eat mice")], 128)[0] == untitled
-    short = build_input_ids(tok, [format_query(E5, TASK, "what do cats eat?")], 8)[0]
+    assert build_input_ids(tok, [_p(E5, "", "cats eat mice")], 128)[0] == untitled
+    short = build_input_ids(tok, [_q(E5, "what do cats eat?")], 8)[0]
     assert short == [1, 126, 29, 34, 35, 33, 36, 2]
 
 
@@ -161,49 +165,57 @@ def test_make_batches_budget_and_padding():
     assert padding_fraction(lengths, make_batches(lengths, 65536, 256, sort=False)) > 0.4
 
 
-def test_encode_corpus_cached(tmp_path, tiny_llama, llama, toy_dir, monkeypatch):
-    monkeypatch.setattr(enc, "CHUNK_PASSAGES", 70)  # several chunks: rows must land at their original places
+def _index(retriever, root, out):
+    b = retriever.index_build(root)
+    out.mkdir(parents=True)
+    for step in (b.prepare, b.fill, b.finish):
+        step(out)
+    return CorpusEmbeddings.open(out)
+
+
+def test_corpus_index_rows(tmp_path, llama, toy_dir, monkeypatch):
+    monkeypatch.setattr(emb_mod, "CHUNK_PASSAGES", 70)  # several chunks: rows must land at their places
     model, tok = llama
-    cfg = _cfg(REPLLAMA, tiny_llama)
-    store = ArtifactStore(tmp_path)
-    emb = encode_corpus_cached(store, "base:x", model, tok, cfg, TASK, toy_dir, ENCODE)
+    retriever = DenseRetriever(model, tok, PROMPTS, ENCODE, SearchSettings())
+    emb = _index(retriever, toy_dir, tmp_path / "idx")
     passages = list(iter_corpus(toy_dir))
     assert emb.ids == [p.doc_id for p in passages] and emb.matrix.dtype == np.float16
     assert emb.matrix.shape == (240, 64)
     for i in (0, 69, 70, 239):
         p = passages[i]
-        rows = build_input_ids(tok, [format_passage(cfg, p.title, p.text)], 128)
+        rows = build_input_ids(tok, [_p(REPLLAMA, p.title, p.text)], 128)
         alone = embed_batch(model, rows, tok.eos_token_id, tok.eos_token_id)[0].numpy()
         np.testing.assert_allclose(emb.matrix[i].astype(np.float32), alone, atol=2e-3)
-    again = encode_corpus_cached(store, "base:x", model, tok, cfg, TASK, toy_dir, ENCODE)
-    assert again.key == emb.key and store.events[-1]["reused"]
-    other = encode_corpus_cached(
-        store, "readapted:y", model, tok, {**cfg, "passage_max_len": 32}, TASK, toy_dir, ENCODE
-    )
-    assert other.key != emb.key
-    qids, q = encode_queries(model, tok, cfg, TASK, {"a": "what do cats eat?", "b": "dog"}, ENCODE)
+    qids, q = retriever.encode_queries({"a": "what do cats eat?", "b": "dog"})
     assert qids == ["a", "b"] and q.shape == (2, 64) and q.dtype == np.float32
+    run = retriever.search(emb, (qids, q), top_k=5)
+    assert set(run) == {"a", "b"} and all(len(v) == 5 for v in run.values())
 
 
 DDP_SCRIPT = """
-import json, os, sys
+import json, sys
 from accelerate import PartialState
 state = PartialState(cpu=True)
-import readaptir.encode as enc
-from readaptir.artifacts import ArtifactStore
-cfg, store_dir, toy, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-model, tok = enc.load_base_retriever(cfg, device="cpu")
+import readaptir.retrieval.dense as dense
+from readaptir.config import EncodeSettings, SearchSettings
+from readaptir.readapt.model import load_base_retriever
+from readaptir.store.artifacts import ArtifactStore
+pre, ret, store_dir, toy, out = sys.argv[1:6]
+model = load_base_retriever(pre, ret, device="cpu")
 counted = [0]
-real = enc.embed_batch
+real = dense.embed_batch
 def counting(model, rows, *a, **k):
     counted[0] += len(rows)
     return real(model, rows, *a, **k)
-enc.embed_batch = counting
-task = {"name": "toy", "beir_name": "toy", "task": "t"}
-emb = enc.encode_corpus_cached(ArtifactStore(store_dir), "base:x", model, tok, cfg, task, toy,
-                               {"token_budget": 512, "max_batch_size": 8})
+dense.embed_batch = counting
+prompts = dense.DensePrompts("query: {query}", "passage: {title} {text}", "t", 64, 128)
+r = dense.DenseRetriever(model, dense.load_tokenizer(ret, pre), prompts, EncodeSettings(token_budget=512,
+                         max_batch_size=8), SearchSettings(), (state.process_index, state.num_processes))
+from pathlib import Path
+b = r.index_build(Path(toy))
+path = ArtifactStore(store_dir).build_collective("index", "index-x", b.fill, prepare=b.prepare, finish=b.finish)
 with open(f"{out}.{state.process_index}", "w") as f:
-    json.dump({"encoded": counted[0], "key": emb.key, "path": str(emb.path)}, f)
+    json.dump({"encoded": counted[0], "path": str(path)}, f)
 """
 
 
@@ -216,22 +228,19 @@ def test_sharded_encoding_fills_every_row(tmp_path, tiny_llama, llama, toy_dir):
     import sys
 
     model, tok = llama
-    cfg = _cfg(REPLLAMA, tiny_llama)
-    single = encode_corpus_cached(
-        ArtifactStore(tmp_path / "one"), "base:x", model, tok, cfg, {**TASK, "task": "t"}, toy_dir, ENCODE
-    )
+    single = _index(DenseRetriever(model, tok, PROMPTS, ENCODE, SearchSettings()), toy_dir, tmp_path / "one")
     script = tmp_path / "ddp_encode.py"
     script.write_text(DDP_SCRIPT)
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         json.dumps(cfg), str(tmp_path / "two"), str(toy_dir), str(tmp_path / "rank")],
+         str(tiny_llama.pretrained), str(tiny_llama.retriever), str(tmp_path / "two"), str(toy_dir),
+         str(tmp_path / "rank")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in (0, 1)]
     assert ranks[0]["encoded"] > 0 and ranks[1]["encoded"] > 0
     assert ranks[0]["encoded"] + ranks[1]["encoded"] == 240  # each passage exactly once
-    assert ranks[0]["key"] == ranks[1]["key"] == single.key
-    two = CorpusEmbeddings.open(ranks[0]["path"], ranks[0]["key"])
+    two = CorpusEmbeddings.open(ranks[0]["path"])
     assert two.ids == single.ids
     np.testing.assert_array_equal(np.asarray(two.matrix), np.asarray(single.matrix))

@@ -1,4 +1,4 @@
-"""Metrics through BeIR match hand computation; run files round-trip; paired tests; the one-stop path."""
+"""Metrics through BeIR match hand computation; run files round-trip; paired tests; the HF harness."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-import readaptir.encode as enc
-from readaptir.artifacts import ArtifactStore
-from readaptir.evaluate import evaluate_retriever, evaluate_run, load_run, paired_test, save_run
+from readaptir.evaluate import evaluate_run, paired_test
+from readaptir.harness import evaluate_hf_retriever
+from readaptir.readapt.model import load_base_retriever
+from readaptir.retrieval.dense import load_tokenizer
+from readaptir.retrieval.runs import read_run, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ RUN = {"q1": {"d3": 3.0, "d1": 2.0, "d2": 1.0}, "q2": {"q2": 5.0, "d5": 4.0, "d6
 
 
 def test_hand_computed_ndcg():
-    metrics, per_query = evaluate_run(QRELS, RUN, [1, 3, 10, 100], "toy")
+    metrics, per_query = evaluate_run(QRELS, RUN, [1, 3, 10, 100])
     # q1: relevant at ranks 2 and 3 → DCG = 1/log2(3) + 1/log2(4); IDCG = 1 + 1/log2(3).
     q1 = (1 / math.log2(3) + 0.5) / (1 + 1 / math.log2(3))
     # q2: its self-hit (doc id "q2") is removed, so d5 ranks first → 1.0 (it would be 1/log2(3) if kept).
@@ -30,17 +31,16 @@ def test_hand_computed_ndcg():
     assert "MRR@10" not in metrics
 
 
-def test_mrr_for_msmarco():
-    metrics, _ = evaluate_run(QRELS, RUN, [10], "msmarco")
+def test_mrr_is_a_dataset_setting():
+    metrics, _ = evaluate_run(QRELS, RUN, [10], extra_metrics=["MRR@10"])
     assert metrics["MRR@10"] == pytest.approx((0.5 + 1.0) / 2)
 
 
-def test_save_and_load_run(tmp_path):
-    metrics, per_query = evaluate_run(QRELS, RUN, [10], "toy")
-    path = save_run(tmp_path, RUN, metrics, per_query)
+def test_write_and_read_run(tmp_path):
+    path = write_run(tmp_path / "run.trec", RUN)
     assert path.read_text().splitlines()[0] == "q1 Q0 d3 1 3.0 readaptir"
-    assert load_run(path) == RUN
-    assert {p.name for p in tmp_path.iterdir()} == {"run.trec", "metrics.json", "per_query.json"}
+    assert read_run(path) == RUN
+    assert [p.name for p in tmp_path.iterdir()] == ["run.trec"]
 
 
 def test_paired_test():
@@ -57,38 +57,13 @@ def test_paired_test():
     assert same["p_value"] == 1.0 and same["permutation_p_value"] == 1.0
 
 
-def _cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("config", overrides=[f"paths.cache_dir={tmp_path}", *overrides])
-
-
-def test_evaluate_retriever_tiny_reuses_run(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, "model=tiny-llama", "dataset=demo/toy", "search.top_k=100")
-    store = ArtifactStore(cfg.paths.cache_dir)
-    out = evaluate_retriever(cfg, store, out_dir=tmp_path / "out")
-    assert 0.0 <= out["metrics"]["NDCG@10"] <= 1.0 and len(out["per_query"]) == 48
-    assert {a["kind"] for a in out["artifacts"]} == {"embeddings", "run"}
-    assert (tmp_path / "out" / "metrics.json").is_file() and Path(out["run_path"]).is_file()
-    run = load_run(out["run_path"])
+def test_evaluate_any_hf_retriever(tmp_path, tiny_mistral, toy_dir):
+    model = load_base_retriever(tiny_mistral.pretrained, tiny_mistral.retriever)
+    tok = load_tokenizer(tiny_mistral.retriever)
+    metrics, per_query, run = evaluate_hf_retriever(
+        model, tok, toy_dir, query_template="Instruct: {task}\nQuery: {query}", passage_template="{title} {text}",
+        task="t", max_len=128, top_k=100, index_dir=tmp_path / "idx",
+    )  # fmt: skip
+    assert 0.0 <= metrics["NDCG@10"] <= 1.0 and len(per_query) == 48
     assert all(len(d) == 100 and q not in d for q, d in run.items())
-
-    def boom(*a, **k):
-        raise AssertionError("the model must not be loaded when the run is cached")
-
-    monkeypatch.setattr(enc, "load_base_retriever", boom)
-    again = evaluate_retriever(cfg, ArtifactStore(cfg.paths.cache_dir))
-    assert again["metrics"] == out["metrics"] and again["run_path"] == out["run_path"]
-    with pytest.raises(ValueError, match="weights_key"):
-        evaluate_retriever(cfg, store, model=object(), tokenizer=None)
-
-
-def test_evaluate_retriever_in_memory_model(tmp_path):
-    cfg = _cfg(
-        tmp_path, "model=tiny-mistral", "dataset=demo/toy", "search.backend=stream", "search.chunk_size=50"
-    )
-    model, tok = enc.load_base_retriever(cfg.model, device="cpu")
-    store = ArtifactStore(cfg.paths.cache_dir)
-    a = evaluate_retriever(cfg, store, model=model, tokenizer=tok, weights_key="readapted-test")
-    b = evaluate_retriever(cfg, store)  # base retriever loaded from config: same weights, other key
-    assert a["artifacts"][0]["key"] != b["artifacts"][0]["key"]
-    assert a["metrics"]["NDCG@10"] == pytest.approx(b["metrics"]["NDCG@10"], abs=1e-4)
+    assert (tmp_path / "idx" / "embeddings.f16").is_file()

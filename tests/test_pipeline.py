@@ -13,17 +13,24 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from readaptir.artifacts import ArtifactStore
-from readaptir.data import RESOURCES
+from readaptir.config import CellConfig
+from readaptir.data.beir import RESOURCES
+from readaptir.grid.cell import run_cell
+from readaptir.grid.keys import cell_keys
+from readaptir.grid.plan import plan_cell
+from readaptir.models.hub import resolve_models
+from readaptir.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_data_dir(root: Path) -> Path:
-    """Two small BeIR-format datasets (named like paper datasets) cut from the toy set, plus MS-MARCO."""
+    """Small BeIR-format datasets named like paper datasets, cut from the toy set."""
     toy = RESOURCES / "toy"
     lines = (toy / "corpus.jsonl").read_text().splitlines()
-    for name, part in (("scifact", lines[:120]), ("nfcorpus", lines[120:]), ("msmarco", lines[::2])):
+    parts = {"scifact": lines[:120], "nfcorpus": lines[120:], "msmarco": lines[::2], "fever": lines[1::2],
+             "climate-fever": lines[1::2]}  # Climate-FEVER's corpus is FEVER's, as in BeIR  # fmt: skip
+    for name, part in parts.items():
         d = root / name
         (d / "qrels").mkdir(parents=True)
         (d / "corpus.jsonl").write_text("\n".join(part) + "\n")
@@ -168,26 +175,22 @@ def compose_cell():
     GlobalHydra.instance().clear()
 
 
-def _adapter_key(cfg, store):
-    from readaptir.pipeline import adapter_key, cell_subset, ensure_models, knowledge_corpus_root
-    from readaptir.tokens import token_cache_key
-
-    ensure_models(cfg)
-    tokens = token_cache_key(store, cfg.model.pretrained, knowledge_corpus_root(cfg))
-    return adapter_key(cfg, store, tokens, cell_subset(cfg), None)
+def _keys(compose_cell, *overrides):
+    cfg = CellConfig.from_hydra(compose_cell(*overrides))
+    resolve_models(cfg.model)  # the tiny stand-ins exist, as after any first run
+    return cell_keys(cfg, Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype))
 
 
 def test_adapter_keys(tmp_path, data_dir, compose_cell, monkeypatch):
     monkeypatch.setenv("READAPTIR_DATA", str(data_dir))
     cache = tmp_path / "cache"
-    store = ArtifactStore(cache)
     c = [f"paths.cache_dir={cache}"]
-    sci = _adapter_key(compose_cell("dataset=scifact", "adapter=msmarco", *c), store)
-    nf = _adapter_key(compose_cell("dataset=nfcorpus", "adapter=msmarco", *c), store)
+    sci = _keys(compose_cell, "dataset=scifact", "adapter=msmarco", *c)["adapter"]
+    nf = _keys(compose_cell, "dataset=nfcorpus", "adapter=msmarco", *c)["adapter"]
     assert sci == nf  # one MS-MARCO adapter serves every BeIR cell of a model
-    assert _adapter_key(compose_cell("dataset=scifact", *c), store) != sci  # in-domain: scifact's corpus
-    assert _adapter_key(compose_cell("dataset=scifact", "adapter=msmarco", "adapter.r=16", *c), store) != sci
-    assert _adapter_key(compose_cell("dataset=scifact", "adapter=msmarco", "train.lr=1e-4", *c), store) != sci
+    assert _keys(compose_cell, "dataset=scifact", *c)["adapter"] != sci  # in-domain: scifact's corpus
+    assert _keys(compose_cell, "dataset=scifact", "adapter=msmarco", "adapter.r=16", *c)["adapter"] != sci
+    assert _keys(compose_cell, "dataset=scifact", "adapter=msmarco", "train.lr=1e-4", *c)["adapter"] != sci
     same = [
         ("tracking.backend=none",),
         ("tracking.project=other",),
@@ -197,16 +200,47 @@ def test_adapter_keys(tmp_path, data_dir, compose_cell, monkeypatch):
         ("readapt.alpha=0.3",),
     ]
     for o in same:
-        assert _adapter_key(compose_cell("dataset=nfcorpus", "adapter=msmarco", *c, *o), store) == sci, o
+        assert _keys(compose_cell, "dataset=nfcorpus", "adapter=msmarco", *c, *o)["adapter"] == sci, o
     # Another cache folder (the tiny models rebuilt elsewhere): keys follow contents, not paths.
-    other = tmp_path / "other"
-    assert (
-        _adapter_key(
-            compose_cell("dataset=scifact", "adapter=msmarco", f"paths.cache_dir={other}"),
-            ArtifactStore(other),
-        )
-        == sci
-    )
+    other = _keys(compose_cell, "dataset=scifact", "adapter=msmarco", f"paths.cache_dir={tmp_path / 'other'}")
+    assert other["adapter"] == sci
+    # α changes the readapted weights and everything below them, never the adapter or the base run.
+    a3 = _keys(compose_cell, "dataset=scifact", "readapt.alpha=0.3", *c)
+    a5 = _keys(compose_cell, "dataset=scifact", *c)
+    assert a3["base_run"] == a5["base_run"] and a3["adapter"] == a5["adapter"]
+    assert all(a3[k] != a5[k] for k in ("readapted", "ra_index", "ra_run", "result"))
+
+
+PLAN_CELLS = [
+    ("dataset=scifact",),
+    ("dataset=scifact", "ablation=without"),
+    ("dataset=scifact", "adapter=msmarco"),
+    ("dataset=nfcorpus", "adapter=msmarco"),
+    ("dataset=fever",),
+    ("dataset=climate-fever",),
+]
+
+
+@pytest.mark.slow
+def test_plan_and_run_agree_on_every_key(tmp_path, data_dir, compose_cell, monkeypatch):
+    """The keys plan mode shows are the keys a run builds, cell by cell, shared products included."""
+    monkeypatch.setenv("READAPTIR_DATA", str(data_dir))
+    c = [f"paths.cache_dir={tmp_path / 'cache'}", "tracking.backend=none", *FAST]
+    records = {}
+    for cell in PLAN_CELLS:
+        cfg = CellConfig.from_hydra(compose_cell(*cell, *c))
+        resolve_models(cfg.model)
+        planned = plan_cell(cfg).keys
+        record = run_cell(cfg, tmp_path / "job" / "-".join(cell))
+        assert record.status == "done" and record.artifacts == planned, cell
+        assert plan_cell(cfg).missing == frozenset()  # after the run, plan finds every product
+        records[cell] = record.artifacts
+    by = {
+        cell[0].split("=")[1] + ("-ms" if "adapter=msmarco" in cell else ""): k for cell, k in records.items()
+    }
+    assert by["scifact-ms"]["adapter"] == by["nfcorpus-ms"]["adapter"]  # the MS-MARCO adapter, reused
+    assert by["fever"]["adapter"] == by["climate-fever"]["adapter"]  # FEVER's corpus, one adapter
+    assert records[PLAN_CELLS[0]]["base_run"] == records[PLAN_CELLS[1]]["base_run"]  # ablation: same base
 
 
 @pytest.mark.slow
@@ -236,4 +270,4 @@ def test_unreachable_hub_model_is_one_clear_line(tmp_path, data_dir):
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("readaptir: error: model.pretrained=meta-llama/Llama-2-7b-hf")
-    assert "huggingface-cli login" in last
+    assert "hf auth login" in last

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from readaptir.plan import grid_configs, summarize
+from readaptir.grid.plan import grid_configs, summarize
 
 
 def test_full_paper_grid_plan(tmp_path, monkeypatch):

@@ -18,17 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from readaptir.readapt import (
-    ReadaptError,
-    build_readapted_model,
-    dora_merge,
-    load_base_retriever,
-    lora_delta,
-    low_rank_factors,
-    readapt,
-    readapt_weights,
-    save_readapted,
-)
+from readaptir.readapt.arithmetic import readapt, readapt_weights
+from readaptir.readapt.merge import dora_merge, lora_delta, low_rank_factors
+from readaptir.readapt.model import build_readapted_model, load_base_retriever, save_readapted
+from readaptir.readapt.weights import ReadaptError
 
 REPO = Path(__file__).resolve().parents[1]
 KNOWLEDGE_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the paper's DoRA targets

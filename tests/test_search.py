@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from readaptir.encode import CorpusEmbeddings, write_corpus_files
-from readaptir.search import search
+from readaptir.retrieval.embeddings import CorpusEmbeddings, write_embeddings
+from readaptir.retrieval.search import auto_backend, search
 
 
 def _corpus(tmp_path, n=97, dim=16, seed=0, ids=None) -> tuple[CorpusEmbeddings, np.ndarray]:
@@ -15,8 +15,7 @@ def _corpus(tmp_path, n=97, dim=16, seed=0, ids=None) -> tuple[CorpusEmbeddings,
     m /= np.linalg.norm(m, axis=1, keepdims=True)
     m = m.astype(np.float16)
     ids = ids or [f"d{i}" for i in range(n)]
-    write_corpus_files(tmp_path, ids, dim, "embeddings-test", lambda mm: mm.__setitem__(slice(None), m))
-    return CorpusEmbeddings.open(tmp_path), m.astype(np.float32)
+    return write_embeddings(tmp_path, ids, m), m.astype(np.float32)
 
 
 @pytest.mark.parametrize("chunk_size", [7, 1000])
@@ -62,7 +61,5 @@ def test_bad_backend(tmp_path):
 
 
 def test_auto_backend_streams_corpora_too_big_for_faiss():
-    from readaptir.search import auto_backend
-
     assert auto_backend((5183, 4096), 32) == "faiss"
     assert auto_backend((8_841_823, 4096), 32) == "stream"  # MS-MARCO: 135 GiB as float32

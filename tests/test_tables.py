@@ -1,4 +1,4 @@
-"""Tables 1–3 and Figure 2 rendering (readaptir.tables) and the paper's own numbers (readaptir.paper).
+"""Tables 1–3 and Figure 2 rendering (readaptir.report) and the paper's own numbers (readaptir.report.paper).
 
 Fixture results under tests/fixtures/results/ (one JSON per cell, as the pipeline writes them):
 repllama msmarco/fever/scifact and e5-mistral msmarco/scifact at the default selection; e5-mistral
@@ -16,23 +16,33 @@ from pathlib import Path
 
 import pytest
 
-from readaptir import paper, tables
-from readaptir.tables import Cell, DatasetMeta, Selection
+from readaptir.report import paper
+from readaptir.report.render import main, render, render_table1_markdown
+from readaptir.report.results import (
+    DatasetMeta,
+    Results,
+    Selection,
+    load_dataset_meta,
+    load_results,
+    parse_record,
+)
+from readaptir.report.table import DASH, DEMO_LINE, Cell, Table
+from readaptir.report.tables import table1, table2, table3
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
 
 @pytest.fixture(scope="module")
 def meta() -> dict[str, DatasetMeta]:
-    return tables.load_dataset_meta()
+    return load_dataset_meta()
 
 
 @pytest.fixture(scope="module")
-def results() -> tables.Results:
-    return tables.load_results(FIXTURES)
+def results() -> Results:
+    return load_results(FIXTURES)
 
 
-def _row(table: tables.Table, label: str) -> dict[str, str]:
+def _row(table: Table, label: str) -> dict[str, str]:
     for labels, cells in table.rows:
         if labels[-1] == label:
             return dict(zip(table.columns, (c.text() for c in cells), strict=True))
@@ -78,7 +88,7 @@ def test_paper_tables_2_and_3_agree_with_table1(model):
 
 
 def test_rendered_paper_columns_show_the_stated_averages(results, meta):
-    t = tables.table1(results, meta=meta)
+    t = table1(results, meta=meta)
     avg, zs = _row(t, "Average"), _row(t, "Average zero-shot")
     for m in paper.MODELS:
         name = paper.DISPLAY_NAMES[m]
@@ -88,18 +98,18 @@ def test_rendered_paper_columns_show_the_stated_averages(results, meta):
         assert (zs[f"{name} paper Base"], zs[f"{name} paper RA"]) == tuple(
             f"{v:.1f}" for v in paper.TABLE1_AVERAGE_ZERO_SHOT[m]
         )
-        assert avg[f"{name} Base"] == tables.DASH  # ours: most of the 14 cells are missing
+        assert avg[f"{name} Base"] == DASH  # ours: most of the 14 cells are missing
 
 
 # ---------------------------------------------------------------------------------------- the results
 def test_load_skips_not_applicable_and_names_unreadable_files(caplog):
-    with caplog.at_level(logging.WARNING, logger="readaptir.tables"):
-        res = tables.load_results(FIXTURES)
+    with caplog.at_level(logging.WARNING, logger="readaptir.report.results"):
+        res = load_results(FIXTURES)
     assert len(res) == 10  # 12 files: one not_applicable, one broken
     assert res.get("repllama", "scifact", "msmarco", "with", Selection()) is None
     assert "broken.json" in caplog.text and "unreadable" in caplog.text
     na = json.loads((FIXTURES / "repllama/scifact/msmarco-with-a0.5-b1.0-delta.json").read_text())
-    assert na["status"] == "not_applicable" and tables.parse_record(na) is None
+    assert na["status"] == "not_applicable" and parse_record(na) is None
 
 
 def test_cell_text_rounds_like_a_printed_table():
@@ -131,12 +141,12 @@ def test_table1_markdown_golden(results, meta):
     # By hand: RepLLaMA Average = mean(46.5, 84.1, 74.5) = 68.37; zero-shot (fever, scifact) = 79.3 / 80.1;
     # e5-Mistral fever exists only at α=1.0, so its Average is "—" while its zero-shot (scifact only) is shown;
     # daggers: repllama scifact p=0.03, e5 msmarco p=0.001 (e5 scifact p=0.08 gets none).
-    md = tables.render_table1_markdown(results, datasets=["msmarco", "fever", "scifact"], meta=meta)
+    md = render_table1_markdown(results, datasets=["msmarco", "fever", "scifact"], meta=meta)
     assert md == TABLE1_GOLDEN
 
 
 def test_selection_override_picks_other_alpha(results, meta):
-    t = tables.table1(results, datasets=["fever"], selection=Selection(alpha=1.0), meta=meta)
+    t = table1(results, datasets=["fever"], selection=Selection(alpha=1.0), meta=meta)
     row = _row(t, "fever")
     assert (row["e5-Mistral Base"], row["e5-Mistral RA"], row["e5-Mistral RA−Base"]) == (
         "85.1",
@@ -148,19 +158,19 @@ def test_selection_override_picks_other_alpha(results, meta):
 
 
 def test_table2_and_table3_cells(results):
-    t2 = tables.table2(results)
+    t2 = table2(results)
     scifact = next(cells for labels, cells in t2.rows if labels == ["RepLLaMA", "scifact"])
     assert [c.text() for c in scifact] == ["+0.1", "+0.1", "+0.7†", "+0.5", "+1.9†", "+1.8"]
     assert all(
         c.text() == "—" for c in next(cells for labels, cells in t2.rows if labels[1] == "arguana")[0::2]
     )
 
-    t3 = tables.table3(results, models=["repllama"], datasets=["fever", "scifact"])
+    t3 = table3(results, models=["repllama"], datasets=["fever", "scifact"])
     # fever: RA_ms − Base = 84.2 − 84.1; RA_ms − RA_in = 84.2 − 83.8. scifact: 73.6 − 74.5 (p=0.02), 73.6 − 76.4.
     assert [c.text() for c in t3.rows[0][1]] == ["+0.1", "+0.1", "+0.4", "+0.3"]
     assert [c.text() for c in t3.rows[1][1]] == ["-0.9†", "-0.9", "-2.8", "-2.7"]
     assert [c.text() for c in t3.rows[2][1]] == ["-0.4", "-0.4", "-1.2", "-1.2"]  # Average of the two
-    assert _row(tables.table3(results), "Average")["RepLLaMA RA_ms−Base"] == "—"  # 11 of 13 missing
+    assert _row(table3(results), "Average")["RepLLaMA RA_ms−Base"] == "—"  # 11 of 13 missing
 
 
 def _write(root: Path, model: str, dataset: str, base: float, ra: float, **extra) -> None:
@@ -188,15 +198,15 @@ def test_demo_table_warns_and_has_no_paper_numbers(tmp_path, meta):
         demo=True,
         significance={"metric": "NDCG@10", "p_value": 0.5},
     )
-    md = tables.render_table1_markdown(tmp_path, ["tiny-llama", "tiny-mistral"], ["toy"], meta=meta)
+    md = render_table1_markdown(tmp_path, ["tiny-llama", "tiny-mistral"], ["toy"], meta=meta)
     lines = md.splitlines()
-    assert lines[1] == tables.DEMO_LINE
+    assert lines[1] == DEMO_LINE
     # Models outside the paper get no paper columns (they would only ever hold "—").
     assert "paper" not in lines[3]
     assert lines[5] == "| toy | 30.0 | 32.0 | +2.0 | — | — | — |"
     assert lines[6].startswith("| Average | 30.0 | 32.0 | +2.0 | — |")
     # Real results: no demo line.
-    assert tables.DEMO_LINE not in tables.render_table1_markdown(FIXTURES, datasets=["scifact"], meta=meta)
+    assert DEMO_LINE not in render_table1_markdown(FIXTURES, datasets=["scifact"], meta=meta)
 
 
 def test_figure2_png_and_hand_computed_correlation(tmp_path):
@@ -206,7 +216,7 @@ def test_figure2_png_and_hand_computed_correlation(tmp_path):
     for name, size, ra in (("d1", 10, 0.51), ("d2", 100, 0.52), ("d3", 1000, 0.54)):
         _write(res_dir, "m", name, 0.50, ra, corpus_size=size)
     meta = {d: DatasetMeta(d) for d in ("d1", "d2", "d3")}
-    md = tables.render("figure2", res_dir, out, models=["m"], datasets=["d1", "d2", "d3"], meta=meta)
+    md = render("figure2", res_dir, out, models=["m"], datasets=["d1", "d2", "d3"], meta=meta)
     assert (out / "figure2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((out / "figure2.csv").open()))
     points = [r for r in rows if r["kind"] == "point"]
@@ -224,7 +234,7 @@ def test_figure2_png_and_hand_computed_correlation(tmp_path):
 
 def test_cli_writes_all_formats_atomically(tmp_path, capsys):
     out = tmp_path / "table1"
-    rc = tables.main(
+    rc = main(
         ["table1", "--results-dir", str(FIXTURES), "--out", str(out), "--datasets", "msmarco,fever,scifact"]
     )
     assert rc == 0
@@ -242,4 +252,4 @@ def test_cli_writes_all_formats_atomically(tmp_path, capsys):
 
 def test_cli_rejects_unknown_table(tmp_path):
     with pytest.raises(SystemExit):
-        tables.main(["table9", "--results-dir", str(FIXTURES), "--out", str(tmp_path)])
+        main(["table9", "--results-dir", str(FIXTURES), "--out", str(tmp_path)])

@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors import safe_open
 
-from readaptir.tiny import ensure_tiny
+from readaptir.models.tiny import ensure_tiny
 
 
 def _tensors(folder):

@@ -9,9 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from readaptir.artifacts import ArtifactStore
-from readaptir.data import iter_corpus, passage_training_text
-from readaptir.tokens import TokenCache, ensure_token_cache, token_cache_key, write_token_cache
+import readaptir.train.tokens as tokens
+from readaptir.data.beir import iter_corpus, passage_training_text
+from readaptir.grid.keys import tokens_key
+from readaptir.store.artifacts import ArtifactStore
+from readaptir.train.tokens import TokenCache, write_token_cache
+
+
+def ensure_token_cache(store, tokenizer_dir, corpus):
+    return tokens.ensure_token_cache(store, tokens_key(tokenizer_dir, corpus), tokenizer_dir, corpus)
+
+
+def token_cache_key(store, tokenizer_dir, corpus):
+    return tokens_key(tokenizer_dir, corpus)
 
 
 @pytest.fixture()
@@ -34,8 +44,6 @@ def tokenizer_dir(tmp_path, tiny_llama) -> Path:
 
 def test_cache_contents_match_tokenizer(tmp_path, corpus, tokenizer_dir, monkeypatch):
     from transformers import AutoTokenizer
-
-    import readaptir.tokens as tokens
 
     monkeypatch.setattr(tokens, "TOKENIZE_BATCH", 7)  # several streamed batches, one partial
     cache = ensure_token_cache(ArtifactStore(tmp_path / "store"), tokenizer_dir, corpus)
@@ -76,7 +84,6 @@ def test_cache_key_changes_only_with_corpus_or_tokenizer(tmp_path, corpus, token
 def test_cache_reused_on_second_call(tmp_path, corpus, tokenizer_dir, monkeypatch):
     store = ArtifactStore(tmp_path / "store")
     first = ensure_token_cache(store, tokenizer_dir, corpus)
-    import readaptir.tokens as tokens
 
     def boom(*a, **k):
         raise AssertionError("re-tokenized")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from readaptir.artifacts import ArtifactStore
-from readaptir.tokens import ensure_token_cache
+from readaptir.grid.keys import tokens_key
+from readaptir.store.artifacts import ArtifactStore
 from readaptir.tracking import resolve_mode, start_tracker
-from readaptir.train import train_knowledge_adapter
+from readaptir.train.knowledge import train_knowledge_adapter
+from readaptir.train.tokens import ensure_token_cache
 
 ADAPTER = {"method": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}
 TRAIN = {
@@ -57,7 +58,10 @@ def test_backend_none_is_a_noop(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory, tiny_llama, toy_dir):
-    return ensure_token_cache(ArtifactStore(tmp_path_factory.mktemp("store")), tiny_llama.pretrained, toy_dir)
+    store = ArtifactStore(tmp_path_factory.mktemp("store"))
+    return ensure_token_cache(
+        store, tokens_key(tiny_llama.pretrained, toy_dir), tiny_llama.pretrained, toy_dir
+    )
 
 
 def test_offline_run_files_written_without_key(tmp_path, tiny_llama, toy_cache):

@@ -10,19 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from readaptir.artifacts import ArtifactStore, make_key
-from readaptir.data import load_qrels, relevant_doc_ids
-from readaptir.tokens import TokenCache, ensure_token_cache
-from readaptir.train import (
-    STATS_KEYS,
-    TrainingDiverged,
-    adapter_key_config,
-    collate_packed,
-    latest_checkpoint,
-    passage_ids,
-    plan_batches,
-    train_knowledge_adapter,
-)
+from readaptir.config import AdapterRecipe, TrainSettings
+from readaptir.data.beir import load_qrels
+from readaptir.data.subsets import relevant_doc_ids
+from readaptir.grid.keys import tokens_key
+from readaptir.store.artifacts import ArtifactStore
+from readaptir.train.batching import collate_packed, passage_ids, plan_batches
+from readaptir.train.checkpoint import latest_checkpoint
+from readaptir.train.knowledge import STATS_KEYS, TrainingDiverged, train_knowledge_adapter
+from readaptir.train.tokens import TokenCache, ensure_token_cache
 
 ADAPTER = {
     "name": "in-domain",
@@ -65,7 +61,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory, tiny_llama, toy_dir) -> TokenCache:
-    return ensure_token_cache(ArtifactStore(tmp_path_factory.mktemp("store")), tiny_llama.pretrained, toy_dir)
+    store = ArtifactStore(tmp_path_factory.mktemp("store"))
+    return ensure_token_cache(
+        store, tokens_key(tiny_llama.pretrained, toy_dir), tiny_llama.pretrained, toy_dir
+    )
 
 
 def _model(path: Path):
@@ -109,7 +108,7 @@ def test_packed_logits_equal_separate_logits(tiny_llama, toy_cache):
             alone = model(input_ids=torch.tensor([s]), use_cache=False).logits[0]
             assert torch.allclose(packed[start : start + len(s)], alone, atol=1e-5, rtol=0)
             start += len(s)
-    # SPEC §7: with a KV cache transformers does not isolate packed passages; the check above is sensitive.
+    # With a KV cache transformers does not isolate packed passages; the check above is sensitive.
     assert (leaky - packed).abs().max() > 1e-3
 
 
@@ -135,19 +134,17 @@ def test_plan_batches_covers_each_passage_once_and_respects_budget():
             assert set(np.diff(bounds).tolist()) == {4}
 
 
-def test_adapter_key_config():
-    base = adapter_key_config(ADAPTER, train_cfg())
-    same = adapter_key_config(
-        ADAPTER, train_cfg(checkpoint_every=7, log_every=1, gradient_checkpointing=True)
-    )
-    assert make_key("adapter", base) == make_key("adapter", same)
+def test_what_determines_an_adapter():
+    base = TrainSettings(**train_cfg()).determining()
+    same = TrainSettings(
+        **train_cfg(checkpoint_every=7, log_every=1, gradient_checkpointing=True)
+    ).determining()
+    assert base == same
     for over in ({"lr": 1e-4}, {"batching": "packed"}, {"seed": 1}, {"max_passages": None}):
-        assert make_key("adapter", adapter_key_config(ADAPTER, train_cfg(**over))) != make_key(
-            "adapter", base
-        )
-    assert make_key("adapter", adapter_key_config({**ADAPTER, "method": "lora"}, train_cfg())) != make_key(
-        "adapter", base
-    )
+        assert TrainSettings(**train_cfg(**over)).determining() != base
+    recipe = AdapterRecipe(**ADAPTER).determining()
+    assert AdapterRecipe(**{**ADAPTER, "method": "lora"}).determining() != recipe
+    assert AdapterRecipe(**{**ADAPTER, "name": "other", "corpus": "x"}).determining() == recipe
 
 
 def _mean_loss(model, cache: TokenCache, n: int = 40) -> float:
@@ -172,7 +169,7 @@ def test_training_lowers_loss_and_adapter_loads(tmp_path, tiny_llama, toy_cache)
     assert set(stats) == set(STATS_KEYS)
     assert stats["padding_fraction"] == 0 and stats["padding_tokens"] == 0
     assert stats["passages"] == 2 * 240 and stats["steps"] > 0 and math.isfinite(stats["final_loss"])
-    assert not (tmp_path / "work").exists()  # checkpoints are removed once the adapter is written
+    assert not (tmp_path / "work").exists()  # checkpoint_every=0: nothing written there
     before = _mean_loss(_model(tiny_llama.pretrained), toy_cache)
     trained = PeftModel.from_pretrained(_model(tiny_llama.pretrained), out).eval()
     assert trained.peft_config["default"].use_dora
@@ -297,14 +294,16 @@ def test_gradient_checkpointing_does_not_change_the_adapter(tmp_path, tiny_llama
 
 DDP_TRAIN = """
 import json, sys
+from pathlib import Path
 from accelerate import PartialState
 PartialState(cpu=True)
-from readaptir.artifacts import ArtifactStore
-from readaptir.tokens import ensure_token_cache
-from readaptir.train import train_knowledge_adapter
+from readaptir.grid.keys import tokens_key
+from readaptir.store.artifacts import ArtifactStore
+from readaptir.train.knowledge import train_knowledge_adapter
+from readaptir.train.tokens import ensure_token_cache
 pretrained, toy, store, out, adapter, cfg = sys.argv[1:7]
-cache = ensure_token_cache(ArtifactStore(store), pretrained, toy)
-train_knowledge_adapter(pretrained, cache, json.loads(adapter), json.loads(cfg), out, out + "-work")
+cache = ensure_token_cache(ArtifactStore(store), tokens_key(pretrained, Path(toy)), pretrained, toy)
+train_knowledge_adapter(pretrained, cache, json.loads(adapter), json.loads(cfg), Path(out), Path(out + "-work"))
 """
 
 

@@ -1,0 +1,227 @@
+"""The composed Hydra config as small typed, validated objects: built once at the edge, passed down.
+
+``run.py`` composes a ``DictConfig``; :meth:`CellConfig.from_hydra` checks it in one pass before anything
+loads (missing keys, types, ranges, choices) and turns it into frozen pydantic objects. Stages receive the
+part they need (a :class:`TrainSettings`, a :class:`ModelSpec` ...), never the whole config. A bad value is
+refused with one line naming the key, what it got and what is allowed:
+
+    readaptir: error: config key train.batch_size=-1: must be ≥ 1
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from readaptir.errors import UserError
+
+Ablation = Literal["both", "without", "with"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+_S = TypeVar("_S", bound=_Spec)
+
+
+class ConfigError(UserError):
+    """An incomplete or invalid config, refused before anything heavy runs."""
+
+
+def typed(cls: type[_S], obj: Any) -> _S:
+    """``obj`` as a ``cls`` (already one, or a mapping validated into one): for public functions that
+    also accept plain dicts from notebooks and tests."""
+    if isinstance(obj, cls):
+        return obj
+    try:
+        return cls.model_validate(dict(obj))
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, obj)) from None
+
+
+class ModelSpec(_Spec):
+    """A retriever: a dense LLM (pretrained + retriever weights), or a baseline (BM25, sentence-transformers)."""
+
+    name: str
+    kind: Literal["dense", "lexical", "sbert"] = "dense"
+    family: str | None = None
+    pretrained: str | None = None
+    retriever: str | None = None
+    retriever_kind: Literal["lora", "full"] = "full"
+    query_template: str = "{query}"
+    passage_template: str = "{title} {text}"
+    pooling: Literal["last_eos", "mean"] = "last_eos"
+    normalize: bool = True
+    query_max_len: int = Field(512, ge=3)
+    passage_max_len: int = Field(512, ge=3)
+    pad_token: Literal["eos", "unk"] = "eos"
+    torch_dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    readapt: bool = True
+    tiny: Literal["llama", "mistral"] | None = None
+    # BM25 (kind: lexical)
+    k1: float = Field(1.5, ge=0)
+    b: float = Field(0.75, ge=0, le=1)
+    method: str = "lucene"
+    stemmer: str | None = None
+    stopwords: str | None = None
+
+
+class DatasetSpec(_Spec):
+    name: str
+    beir_name: str
+    split: str
+    corpus_size: int = Field(ge=0)
+    knowledge_corpus: str
+    task: str = ""
+    seen_by: tuple[str, ...] = ()
+    url: str | None = None
+    builtin: bool = False
+    # Metrics beyond BeIR's NDCG/MAP/Recall/P, e.g. [MRR@10] for MS-MARCO (its official measure).
+    extra_metrics: tuple[str, ...] = ()
+
+
+class AdapterRecipe(_Spec):
+    """The knowledge adapter: which corpus trains it and the PEFT recipe."""
+
+    name: str = "custom"
+    corpus: str = ""  # BeIR name of the training corpus (the grid's; free for direct API use)
+    method: Literal["dora", "lora"] = "dora"
+    r: int = Field(32, ge=1)
+    alpha: float = Field(64, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: tuple[str, ...] = Field(min_length=1)
+
+    def determining(self) -> dict[str, Any]:
+        """The recipe without its names (the corpus enters keys through its contents)."""
+        return self.model_dump(exclude={"name", "corpus"})
+
+
+class AblationSpec(_Spec):
+    name: Ablation
+
+
+class ReadaptSettings(_Spec):
+    alpha: float = 0.5
+    beta: float = 1.0
+    knowledge_scaling: Literal["delta", "peft_scale"] = "delta"
+    save_model: bool = False
+
+
+class TrainSettings(_Spec):
+    batching: Literal["paper", "packed"] = "paper"
+    batch_size: int = Field(4, ge=1)
+    max_tokens: int = Field(1024, ge=3)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    epochs: int = Field(1, ge=1)
+    seed: int = 0
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    max_passages: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(500, ge=0)
+    log_every: int = Field(10, ge=1)
+
+    def determining(self) -> dict[str, Any]:
+        """The settings that change the trained adapter (not how often it is saved or logged; gradient
+        checkpointing gives the same numbers with less memory)."""
+        return self.model_dump(exclude={"checkpoint_every", "log_every", "gradient_checkpointing"})
+
+
+class EncodeSettings(_Spec):
+    token_budget: int = Field(65536, ge=1)
+    max_batch_size: int = Field(256, ge=1)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+class SearchSettings(_Spec):
+    top_k: int = Field(1000, ge=1)
+    backend: Literal["auto", "faiss", "stream"] = "auto"
+    faiss_max_gb: float = Field(32, gt=0)
+    chunk_size: int = Field(262144, ge=1)
+
+
+class EvaluateSettings(_Spec):
+    k_values: tuple[int, ...] = Field((1, 3, 5, 10, 100, 1000), min_length=1)
+
+
+class TrackingSettings(_Spec):
+    backend: Literal["wandb", "none"] = "wandb"
+    project: str = "readaptir"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    dir: str | None = None
+
+
+class Paths(_Spec):
+    data_dir: str
+    cache_dir: str
+    results_dir: str
+
+
+class RunSettings(_Spec):
+    plan: bool = False
+    seed: int = 0
+    out_dir: str | None = None
+
+
+class CellConfig(_Spec):
+    """One cell of the grid: model × dataset × adapter × ablation, and every setting of its stages."""
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    adapter: AdapterRecipe
+    ablation: AblationSpec
+    readapt: ReadaptSettings
+    train: TrainSettings
+    encode: EncodeSettings
+    search: SearchSettings
+    evaluate: EvaluateSettings
+    tracking: TrackingSettings
+    paths: Paths
+    run: RunSettings
+    estimates: dict[str, Any] = {}
+
+    @classmethod
+    def from_hydra(cls, cfg: Any) -> CellConfig:
+        """Validate a composed config (``DictConfig`` or plain dict); one :class:`ConfigError` line if bad."""
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                raise ConfigError(
+                    f"config keys without a value: {', '.join(missing)}; set them on the command line "
+                    f"(e.g. {missing[0]}=...)"
+                )
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            return cls.model_validate(cfg)
+        except ValidationError as e:
+            raise ConfigError(_one_line(e, cfg)) from None
+
+
+def _one_line(err: ValidationError, raw: Any) -> str:
+    """The first validation error as ``config key a.b=<value>: <what is allowed>``."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
+    key = ".".join(loc)
+    msg = first["msg"]
+    if first["type"] == "missing":
+        return f"config key {key} is missing; add it to the config or set +{key}=..."
+    if first["type"] == "extra_forbidden":
+        return f"config key {key} is not a known setting; remove it or check its spelling"
+    ctx = first.get("ctx") or {}
+    if "expected" in ctx:
+        msg = f"use one of {ctx['expected']}"
+    elif "ge" in ctx:
+        msg = f"must be ≥ {ctx['ge']}"
+    elif "gt" in ctx:
+        msg = f"must be > {ctx['gt']}"
+    elif "le" in ctx:
+        msg = f"must be ≤ {ctx['le']}"
+    elif "lt" in ctx:
+        msg = f"must be < {ctx['lt']}"
+    return f"config key {key}={first.get('input')!r}: {msg}"

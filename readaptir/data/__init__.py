@@ -1,0 +1,1 @@
+"""BeIR datasets (:mod:`readaptir.data.beir`) and knowledge-corpus subsets (:mod:`readaptir.data.subsets`)."""

@@ -1,0 +1,157 @@
+"""BeIR datasets on disk: locating/downloading, streaming corpus reads, queries and qrels.
+
+Layout: ``<root>/corpus.jsonl`` (``_id``, ``title``, ``text``), ``<root>/queries.jsonl`` (``_id``, ``text``)
+and ``<root>/qrels/<split>.tsv`` (header, then query-id, corpus-id, score). MS-MARCO has 8.84M passages,
+so the corpus is only ever streamed (:func:`iter_corpus`). A missing dataset is downloaded from BeIR's
+official zip into a temporary folder and renamed into place. Bad input is refused with one line naming the
+file and line (:class:`DataError`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from readaptir.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+
+class DataError(UserError):
+    """Malformed or missing dataset input; the message names the file (and line) and the fix."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    doc_id: str
+    title: str
+    text: str
+
+
+def dataset_dir(beir_name: str, data_dir: str | os.PathLike, builtin: bool = False) -> Path:
+    """Folder of a BeIR dataset: the package's own for builtin ones (the toy demo set), else data_dir/name."""
+    if builtin:
+        return RESOURCES / beir_name
+    return Path(data_dir).expanduser().resolve() / beir_name
+
+
+def ensure_dataset(
+    beir_name: str, data_dir: str | os.PathLike, url: str | None, builtin: bool = False
+) -> Path:
+    """Return the dataset folder, downloading and unpacking BeIR's official zip when it is missing.
+
+    The zip is fetched into a temporary folder beside the target and renamed into place, so an
+    interrupted download never leaves a half-written dataset behind.
+    """
+    root = dataset_dir(beir_name, data_dir, builtin)
+    if (root / "corpus.jsonl").is_file():
+        return root
+    if builtin or not url:
+        raise DataError(
+            f"dataset {beir_name!r}: {root}/corpus.jsonl not found and no download URL is configured"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Downloading BeIR %s from %s into %s", beir_name, url, root)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{beir_name}.") as tmp:
+        archive = Path(tmp) / f"{beir_name}.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
+                shutil.copyfileobj(r, f)
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise DataError(
+                f"dataset {beir_name!r}: download of {url} failed ({e.__class__.__name__}: {e}); "
+                f"download and unzip it yourself so that {root}/corpus.jsonl exists "
+                f"(or point paths.data_dir / READAPTIR_DATA at a folder holding {beir_name}/)"
+            ) from e
+        unpacked = Path(tmp) / beir_name
+        if not (unpacked / "corpus.jsonl").is_file():
+            raise DataError(f"dataset {beir_name!r}: {url} did not contain {beir_name}/corpus.jsonl")
+        os.replace(unpacked, root)
+    return root
+
+
+def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line"
+                ) from None
+            if not isinstance(row, dict) or any(k not in row for k in required):
+                missing = [k for k in required if not isinstance(row, dict) or k not in row]
+                raise DataError(
+                    f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}"
+                )
+            yield lineno, row
+
+
+def iter_corpus(
+    root: str | os.PathLike,
+    doc_ids: frozenset[str] | set[str] | None = None,
+    exclude: frozenset[str] | set[str] | None = None,
+) -> Iterator[Passage]:
+    """Stream ``corpus.jsonl`` one passage at a time, optionally keeping only / dropping some doc ids."""
+    for _, row in _iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
+        doc_id = str(row["_id"])
+        if doc_ids is not None and doc_id not in doc_ids:
+            continue
+        if exclude is not None and doc_id in exclude:
+            continue
+        yield Passage(doc_id, str(row.get("title") or ""), str(row["text"] or ""))
+
+
+def load_queries(root: str | os.PathLike, query_ids: set[str] | None = None) -> dict[str, str]:
+    """``{query_id: text}``, restricted to ``query_ids`` when given (the eval split's queries)."""
+    out = {}
+    for _, row in _iter_jsonl(Path(root) / "queries.jsonl", ("_id", "text")):
+        qid = str(row["_id"])
+        if query_ids is None or qid in query_ids:
+            out[qid] = str(row["text"])
+    return out
+
+
+def load_qrels(root: str | os.PathLike, split: str) -> dict[str, dict[str, int]]:
+    """``{query_id: {doc_id: score}}`` from ``qrels/<split>.tsv`` (its header line is skipped)."""
+    path = Path(root) / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        have = sorted(p.stem for p in (Path(root) / "qrels").glob("*.tsv"))
+        raise DataError(f"{path}: qrels split {split!r} not found (available: {have}); set dataset.split")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if lineno == 1 and not row[-1].lstrip("-").isdigit():
+                continue  # header
+            if not row:
+                continue
+            if len(row) < 3:
+                raise DataError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score, got {row!r}")
+            try:
+                score = int(float(row[-1]))
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: score {row[-1]!r} is not a number") from None
+            qrels.setdefault(row[0], {})[row[1]] = score
+    return qrels
+
+
+def passage_training_text(p: Passage) -> str:
+    """Knowledge-adapter training text of a passage: ``title + " " + text``, stripped (docs/method.md §1)."""
+    return f"{p.title} {p.text}".strip()

@@ -1,0 +1,171 @@
+"""One grid cell end to end: keys → knowledge adapter → base retrieval → RE-Adapt → retrieval → results.
+
+``run.py`` composes the Hydra config and calls :func:`run`, which validates it into a
+:class:`~readaptir.config.CellConfig` and runs the cell (or, with ``run.plan=true``, describes it). The
+whole chain of artifact keys is computed before anything loads (:mod:`readaptir.grid.keys`); the stages
+(:mod:`readaptir.grid.stages`) then build only what the store lacks, so a second run of a sweep trains and
+encodes nothing. The cell's ``results.json`` (:class:`~readaptir.grid.record.CellRecord`) goes to the Hydra
+job folder and to the results store that ``python -m readaptir.report.tables`` renders. Cells whose
+ablation is undefined (a knowledge corpus other than the evaluated dataset's own, filtered by its qrels)
+end cleanly with status ``not_applicable``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from readaptir.config import CellConfig
+from readaptir.data.beir import ensure_dataset
+from readaptir.evaluate import paired_test
+from readaptir.grid import stages
+from readaptir.grid.keys import CellInputs, cell_keys
+from readaptir.grid.record import CellRecord
+from readaptir.models.hub import resolve_models
+from readaptir.runtime import Runtime, dist_state, distributed
+from readaptir.store.artifacts import ArtifactStore
+from readaptir.tracking import Tracker, start_tracker
+
+log = logging.getLogger(__name__)
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+# Per-metric INFO lines of these libraries drown the cell summary.
+NOISY_LOGGERS = ("beir", "sentence_transformers", "httpx", "faiss", "bm25s")
+
+
+def run(cfg: Any) -> CellRecord | None:
+    """Run (or, with ``run.plan=true``, describe) the cell of a composed Hydra config."""
+    spec = CellConfig.from_hydra(cfg)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if spec.run.plan:
+        from readaptir.grid.plan import describe_cell
+
+        print(describe_cell(spec))
+        return None
+    return run_cell(spec, job_dir(spec))
+
+
+def job_dir(cfg: CellConfig) -> Path:
+    """The Hydra job folder (or ``run.out_dir`` / the working directory outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - run() called outside a Hydra app (tests, notebooks)
+        return Path(cfg.run.out_dir or ".").resolve()
+
+
+def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
+    """Download what is missing (the evaluated dataset, the knowledge corpus) before keys read it."""
+    d = cfg.dataset
+    ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
+    if cfg.model.readapt and inputs.knowledge_root != inputs.eval_root:
+        name = cfg.adapter.corpus
+        ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str):
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.time() - t0, 3)
+
+
+def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
+    """The cell's stages in order; returns (and writes, on the main process) its record."""
+    record = CellRecord.start(cfg)
+    inputs = CellInputs.of(cfg)
+    results_path = record.cell.store_path(cfg.paths.results_dir)
+    if cfg.model.readapt and not inputs.subset.applicable:
+        record.status, record.reason = "not_applicable", inputs.subset.reason
+        record.write(out_dir / "results.json", results_path)
+        log.info("Cell %s not applicable: %s (%s)", record.cell.name, record.reason, results_path)
+        return record
+    timings = record.timings
+    with timed(timings, "prepare"):
+        ensure_data(cfg, inputs)
+        folders = resolve_models(cfg.model)  # before any process group: ranks > 0 must not save configs
+        if distributed():
+            dist_state()  # one process group for every later Accelerator (CPU launches use gloo)
+        runtime = Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype)
+        keys = cell_keys(cfg, runtime, inputs)  # the whole chain, before anything loads
+        data = stages.EvalData.load(inputs.eval_root, cfg.dataset.split)
+    store = ArtifactStore(cfg.paths.cache_dir)
+    tracker = _tracker(cfg, record, runtime)
+    try:
+        with timed(timings, "evaluate_base"):
+            if store.missing(keys["base_run"]):
+                retriever = stages.base_retriever(cfg, folders, runtime)
+                stages.retrieve(
+                    store, keys["base_index"], keys["base_run"], retriever, data, cfg.search.top_k
+                )
+                del retriever
+            base, base_q = stages.score(store, keys["base_run"], cfg, data) if runtime.main else ({}, {})
+        record.set_metrics(base)
+        if "ra_run" in keys:
+            _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q)
+        record.artifacts = keys
+        record.artifact_events = store.events
+        if runtime.main:
+            record.write(out_dir / "results.json", results_path)
+            _track_results(tracker, record)
+    finally:
+        tracker.finish()
+    if runtime.main:
+        print(record.summary(results_path))
+    return record
+
+
+def _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q) -> None:
+    """Knowledge adapter → readapted retriever → its retrieval → scores and the paired test."""
+    timings = record.timings
+    with timed(timings, "train_adapter"):
+        adapter, record.train = stages.train_adapter(cfg, store, keys, inputs, folders.pretrained, tracker)
+    with timed(timings, "readapt_and_evaluate"):
+        if store.missing(keys["ra_run"]):
+            model = stages.readapt(cfg, store, keys["readapted"], folders, adapter, runtime)
+            retriever = stages.dense_retriever(cfg, model, folders, runtime)
+            stages.retrieve(store, keys["ra_index"], keys["ra_run"], retriever, data, cfg.search.top_k)
+            del retriever, model
+        if not runtime.main:
+            return
+        ra, ra_q = stages.score(store, keys["ra_run"], cfg, data)
+    record.set_metrics(record.base, ra)
+    record.significance = {"metric": "NDCG@10", **paired_test(base_q, ra_q)}
+    report = store.path(keys["readapted"]) / "report.json"
+    record.delta_report = json.loads(report.read_text()) if report.is_file() else {}
+
+
+def _tracker(cfg: CellConfig, record: CellRecord, runtime: Runtime) -> Tracker:
+    """One W&B run per cell (main process only), its config flat so dashboards can group by any coordinate."""
+    c = record.cell
+    return start_tracker(
+        cfg.tracking if runtime.main else None,
+        {
+            **c.model_dump(),
+            "demo": record.demo,
+            "adapter_corpus": cfg.adapter.corpus,
+            "train": cfg.train.model_dump(),
+            "recipe": cfg.adapter.model_dump(),
+        },  # fmt: skip
+        name=f"{c.model}/{c.dataset}/{c.name}",
+        group=f"{c.model}/{c.adapter}-{c.ablation}",
+        job_type="cell",
+    )
+
+
+def _track_results(tracker: Tracker, record: CellRecord) -> None:
+    def flat(d: dict, prefix: str) -> dict[str, Any]:
+        return {f"{prefix}/{k}": v for k, v in d.items() if isinstance(v, (int, float))}
+
+    tracker.summary({**flat(record.base, "base"), **flat(record.readapted, "readapted"),
+                     **flat(record.delta, "delta"), "p_value": record.significance.get("p_value")})  # fmt: skip
+    rows = [[k, record.base.get(k), record.readapted.get(k), record.delta.get(k)] for k in record.base]
+    tracker.table("cell_metrics", ["metric", "base", "readapted", "delta"], rows)

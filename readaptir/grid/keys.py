@@ -1,0 +1,181 @@
+"""Every artifact key of a cell, computed first, from config and input identities alone.
+
+A cell's products form a small graph; each product's key hashes exactly the settings that determine it
+plus its parents' keys (:func:`readaptir.store.artifacts.make_key`):
+
+    tokens ─→ adapter ─────────────┐
+    base_weights ─┬→ base_index → base_run ──────────────┐
+                  └→ readapted (α, β, scaling) → ra_index → ra_run ─→ result
+
+:func:`cell_keys` derives the whole chain before anything loads; the cell then builds only what is
+missing, and plan mode calls the same function, so plan and run can never disagree. A new product joins
+by adding one :class:`Product` to :func:`cell_products`; nothing else needs plumbing. Inputs enter by
+identity (:mod:`readaptir.store.identity`): a hub model by its id, a local folder or data file by its
+contents, so moving the cache or the data changes no key, and editing a file changes every key below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from readaptir.config import CellConfig
+from readaptir.data.beir import dataset_dir, load_qrels
+from readaptir.data.subsets import KnowledgeSubset, knowledge_subset, relevant_doc_ids
+from readaptir.runtime import Runtime, dtype_name
+from readaptir.store.artifacts import make_key
+from readaptir.store.identity import (
+    UNKNOWN,
+    file_fingerprint,
+    ids_digest,
+    model_identity,
+    tokenizer_identity,
+)
+from readaptir.train.tokens import FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Product:
+    """One node of the graph: an artifact kind, what determines it, and the nodes it is made from."""
+
+    kind: str
+    fields: Mapping[str, Any]
+    parents: tuple[str, ...] = ()
+    stored: bool = True  # False: a key only (it identifies inputs or a record, no folder in the store)
+
+
+def resolve(products: Mapping[str, Product]) -> dict[str, str]:
+    """Node name → key, parents first (the graph is acyclic by construction)."""
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        if name not in keys:
+            p = products[name]
+            keys[name] = make_key(p.kind, p.fields, [key(q) for q in p.parents])
+        return keys[name]
+
+    for name in products:
+        key(name)
+    return keys
+
+
+@dataclass(frozen=True)
+class CellInputs:
+    """Where a cell's data lives (nothing is downloaded to find out) and its knowledge subset."""
+
+    eval_root: Path
+    knowledge_root: Path
+    subset: KnowledgeSubset
+
+    @classmethod
+    def of(cls, cfg: CellConfig) -> CellInputs:
+        d, data_dir = cfg.dataset, cfg.paths.data_dir
+        eval_root = dataset_dir(d.beir_name, data_dir, d.builtin)
+        corpus = cfg.adapter.corpus
+        knowledge_root = eval_root if corpus == d.name else dataset_dir(corpus, data_dir)
+        subset = knowledge_subset(corpus, cfg.ablation.name, d.name, d.knowledge_corpus, d.split)
+        return cls(eval_root, knowledge_root, subset)
+
+    def relevant(self) -> frozenset[str] | None:
+        """Judged-relevant doc ids that define a with/without subset (None for ``both`` or absent qrels)."""
+        sub = self.subset
+        if sub.subset == "both" or sub.filter_split is None:
+            return None
+        if not (self.eval_root / "qrels" / f"{sub.filter_split}.tsv").is_file():
+            return None
+        return relevant_doc_ids(load_qrels(self.eval_root, sub.filter_split))
+
+
+def tokens_fields(tokenizer: str | Path, corpus_root: Path) -> dict[str, Any]:
+    """What determines a token cache: the tokenizer files, the corpus contents and the storage format."""
+    return {"tokenizer": tokenizer_identity(tokenizer), "corpus": file_fingerprint(corpus_root / "corpus.jsonl"),
+            "format": FORMAT_VERSION,
+            "text": "title+' '+text,stripped"}  # fmt: skip
+
+
+def tokens_key(tokenizer: str | Path, corpus_root: Path) -> str:
+    """Key of a corpus's token cache (benchmarks and tests that tokenize outside a cell use it too)."""
+    return make_key("tokens", tokens_fields(tokenizer, Path(corpus_root)))
+
+
+def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -> dict[str, Product]:
+    """``base_weights → base_index → base_run`` (and the readapted twins' shared fields)."""
+    m, d, root = cfg.model, cfg.dataset, inputs.eval_root
+    if m.kind == "lexical":
+        weights = {"kind": m.kind, "name": m.name, "k1": m.k1, "b": m.b, "method": m.method,
+                   "stemmer": m.stemmer, "stopwords": m.stopwords}  # fmt: skip
+    elif m.kind == "sbert":
+        weights = {"kind": m.kind, "name": m.name, "model": model_identity(m.pretrained) or m.name}
+    else:
+        weights = {"pretrained": model_identity(m.pretrained), "retriever": model_identity(m.retriever),
+                   "kind": m.retriever_kind}  # fmt: skip
+    index = {"dataset": d.beir_name, "corpus": file_fingerprint(root / "corpus.jsonl")}
+    if m.kind != "lexical":
+        dtype = dtype_name(runtime.encode_dtype) if m.kind == "dense" else "float32"
+        index.update(passage_template=m.passage_template, passage_max_len=m.passage_max_len,
+                     pooling=m.pooling, normalize=m.normalize, dtype=dtype)  # fmt: skip
+    # search.backend and chunk_size are left out on purpose: both backends are exact, so they produce
+    # the same run and a cell rerun with the other backend reuses it.
+    run = {"top_k": cfg.search.top_k, "split": d.split, "dataset": d.beir_name,
+           "queries": file_fingerprint(root / "queries.jsonl"),
+           "qrels": file_fingerprint(root / "qrels" / f"{d.split}.tsv")}  # fmt: skip
+    if m.kind != "lexical":
+        run.update(query_template=m.query_template, task=d.task, query_max_len=m.query_max_len)
+    return {
+        "base_weights": Product("weights", weights, stored=False),
+        "base_index": Product("index", index, ("base_weights",)),
+        "base_run": Product("run", run, ("base_index",)),
+    }
+
+
+def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, base: Mapping[str, Product]):
+    """``tokens → adapter``, ``readapted → ra_index → ra_run``: only for dense cells RE-Adapt applies to."""
+    m, sub = cfg.model, inputs.subset
+    tokens = tokens_fields(m.pretrained or UNKNOWN, inputs.knowledge_root)
+    subset: dict[str, Any] = {"subset": sub.subset}
+    if sub.subset != "both":  # the subset is the set of judged-relevant doc ids: hash it, not a name
+        relevant = inputs.relevant()  # qrels not downloaded yet (plan mode): distinct per dataset and split
+        subset["relevant"] = (
+            ids_digest(relevant)
+            if relevant is not None
+            else f"{UNKNOWN}:{sub.filter_dataset}/{sub.filter_split}"
+        )
+    # bf16 on CUDA vs float32 on CPU, and the DDP world size (it multiplies the effective batch), change
+    # the trained adapter, so they are part of what determines it.
+    adapter = {**{f"adapter.{k}": v for k, v in cfg.adapter.determining().items()},
+               **{f"train.{k}": v for k, v in cfg.train.determining().items()}, **subset,
+               "precision": runtime.train_precision, "world_size": runtime.world_size,
+               "pretrained": model_identity(m.pretrained)}  # fmt: skip
+    r = cfg.readapt
+    return {
+        "tokens": Product("tokens", tokens),
+        "adapter": Product("adapter", adapter, ("tokens",)),
+        "readapted": Product(
+            "readapted",
+            {"alpha": r.alpha, "beta": r.beta, "knowledge_scaling": r.knowledge_scaling},
+            ("base_weights", "adapter"),
+        ),  # fmt: skip
+        "ra_index": Product("index", base["base_index"].fields, ("readapted",)),
+        "ra_run": Product("run", base["base_run"].fields, ("ra_index",)),
+    }
+
+
+def cell_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None = None) -> dict[str, Product]:
+    """The cell's product graph (readapted products only when RE-Adapt applies to the cell)."""
+    inputs = inputs or CellInputs.of(cfg)
+    products = _retrieval_products(cfg, runtime, inputs)
+    runs: tuple[str, ...] = ("base_run",)
+    if cfg.model.readapt and cfg.model.kind == "dense" and inputs.subset.applicable:
+        products.update(_readapt_products(cfg, runtime, inputs, products))
+        runs = ("base_run", "ra_run")
+    e = cfg.evaluate
+    result = {"k_values": sorted(set(e.k_values)), "extra_metrics": list(cfg.dataset.extra_metrics)}
+    products["result"] = Product("result", result, runs, stored=False)
+    return products
+
+
+def cell_keys(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None = None) -> dict[str, str]:
+    """Node name → artifact key for every product of the cell (see the module docstring)."""
+    return resolve(cell_products(cfg, runtime, inputs))

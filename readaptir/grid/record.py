@@ -1,0 +1,140 @@
+"""A cell's ``results.json``: one schema, written by the cell and read back by the tables.
+
+Every cell writes one :class:`CellRecord` into its Hydra job folder and into the results store
+``<paths.results_dir>/<model>/<dataset>/<adapter>-<ablation>-a<α>-b<β>-<scaling>.json``, which
+:mod:`readaptir.report` renders. Metrics are BeIR's names as fractions (``NDCG@10`` = 0.745); ``delta`` is
+readapted − base; ``significance`` is the paired test on per-query nDCG@10; ``artifacts`` holds the keys of
+every product the cell used, so a number can always be traced to the files that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from readaptir.config import CellConfig
+from readaptir.data.beir import DataError
+from readaptir.fs import atomic_write
+
+log = logging.getLogger(__name__)
+
+DEMO_NOTICE = "DEMO: these numbers come from tiny random models on a toy dataset and mean nothing."
+Status = Literal["done", "not_applicable", "failed", "waiting"]
+
+
+class CellCoords(BaseModel):
+    """Where a cell sits in the grid."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model: str
+    dataset: str
+    adapter: str
+    ablation: str
+    alpha: float
+    beta: float
+    knowledge_scaling: str = "delta"
+
+    @classmethod
+    def of(cls, cfg: CellConfig) -> CellCoords:
+        return cls(
+            model=cfg.model.name,
+            dataset=cfg.dataset.name,
+            adapter=cfg.adapter.name,
+            ablation=cfg.ablation.name,
+            alpha=cfg.readapt.alpha,
+            beta=cfg.readapt.beta,
+            knowledge_scaling=cfg.readapt.knowledge_scaling,
+        )
+
+    @property
+    def name(self) -> str:
+        return f"{self.adapter}-{self.ablation}-a{self.alpha:g}-b{self.beta:g}-{self.knowledge_scaling}"
+
+    def store_path(self, results_dir: str | os.PathLike) -> Path:
+        return Path(results_dir).expanduser().resolve() / self.model / self.dataset / f"{self.name}.json"
+
+
+class CellRecord(BaseModel):
+    """Everything a finished (or skipped, or failed) cell reports."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    cell: CellCoords
+    status: Status = "done"
+    reason: str = ""
+    demo: bool = False
+    zero_shot: bool = True
+    corpus_size: int | None = None
+    readapt: bool = True
+    base: dict[str, float] = {}
+    readapted: dict[str, float] = {}
+    delta: dict[str, float] = {}
+    significance: dict[str, Any] = {}
+    delta_report: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    artifacts: dict[str, str] = {}
+    artifact_events: list[dict[str, Any]] = []
+
+    @classmethod
+    def start(cls, cfg: CellConfig) -> CellRecord:
+        return cls(
+            cell=CellCoords.of(cfg),
+            demo=cfg.model.tiny is not None,
+            zero_shot=cfg.model.name not in cfg.dataset.seen_by,
+            corpus_size=cfg.dataset.corpus_size,
+            readapt=cfg.model.readapt,
+        )
+
+    def set_metrics(self, base: dict[str, float], readapted: dict[str, float] | None = None) -> None:
+        self.base = base
+        if readapted is not None:
+            self.readapted = readapted
+            self.delta = {k: round(readapted[k] - base[k], 6) for k in base if k in readapted}
+
+    def write(self, *paths: str | os.PathLike) -> None:
+        """The same JSON into every path (job folder, results store), each written atomically."""
+        text = self.model_dump_json(indent=2) + "\n"
+        for path in paths:
+            atomic_write(path, text)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> CellRecord:
+        """A results.json back; a file that is not one is refused naming the file."""
+        try:
+            return cls.model_validate_json(Path(path).read_bytes())
+        except (OSError, ValidationError, json.JSONDecodeError) as e:
+            first = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+            raise DataError(f"{path}: not a readable results.json ({first})") from None
+
+    def summary(self, path: Path | None = None) -> str:
+        """A short human summary of the cell."""
+        c = self.cell
+        if self.readapt:
+            head = (
+                f"{c.model} × {c.dataset} × adapter={c.adapter} × ablation={c.ablation} "
+                f"(α={c.alpha:g}, β={c.beta:g}, {c.knowledge_scaling})"
+            )
+        else:
+            head = f"{c.model} × {c.dataset} (baseline: base model only, RE-Adapt does not apply)"
+        lines = [head] + ([DEMO_NOTICE] if self.demo else [])
+        b, r = self.base.get("NDCG@10"), self.readapted.get("NDCG@10")
+        if b is not None:
+            line = f"  nDCG@10 base {100 * b:.1f}"
+            if r is not None:
+                p = self.significance.get("p_value")
+                line += f"  readapted {100 * r:.1f}  Δ {100 * (r - b):+.1f}" + (
+                    f"  (p={p:.3g})" if p is not None else ""
+                )
+            lines.append(line)
+        built = sum(not e["reused"] for e in self.artifact_events)
+        lines.append(f"  artifacts: {built} built, {len(self.artifact_events) - built} reused")
+        if path:
+            lines.append(f"  results: {path}")
+        return "\n".join(lines)

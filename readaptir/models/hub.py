@@ -1,0 +1,91 @@
+"""Model references → local folders: hub ids fetched once, tiny stand-ins built, local paths kept.
+
+A model config names its weights by hub id (``meta-llama/Llama-2-7b-hf``) or local folder. Before anything
+loads them, :func:`resolve_models` turns a :class:`~readaptir.config.ModelSpec` into local folders (the
+config itself is never changed, so artifact keys keep the hub id), and a missing login or network fails
+here in one line instead of deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from readaptir.config import ModelSpec
+from readaptir.errors import UserError
+from readaptir.store.identity import HUB_ID_RE
+
+# Hub cache snapshots live under .../models--<org>--<name>/snapshots/<hash>: the hub id is recoverable.
+_HUB_CACHE_RE = re.compile(r"models--([^/\\]+?)--([^/\\]+?)(?:[/\\]|$)")
+# adapter_model.bin: older PEFT adapters, RepLLaMA's among them, ship no safetensors.
+FETCH_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "adapter_model.bin"]
+LOGIN_HINT = "run `hf auth login` (Llama-2 is gated) with network"
+
+
+class ModelNotFound(UserError):
+    """A model reference that is neither a local folder nor fetchable from the Hub."""
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as is; otherwise a hub id fetched with ``huggingface_hub.snapshot_download``.
+
+    Only weights in safetensors, configs and tokenizer files are fetched (no ``.bin`` duplicates).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if not HUB_ID_RE.match(str(name_or_path)):
+        raise ModelNotFound(f"model folder not found: {name_or_path}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(name_or_path), allow_patterns=FETCH_PATTERNS))
+
+
+def hub_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """The hub id a model reference denotes, or None for a plain local path (cannot be compared)."""
+    if name_or_path is None:
+        return None
+    text = str(name_or_path)
+    m = _HUB_CACHE_RE.search(text)
+    if m:
+        return f"{m.group(1)}/{m.group(2)}"
+    if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")):
+        return None
+    return text if HUB_ID_RE.match(text) else None
+
+
+@dataclass(frozen=True)
+class ModelFolders:
+    """Local folders of a dense retriever's two halves."""
+
+    pretrained: Path
+    retriever: Path
+
+
+def resolve_models(spec: ModelSpec) -> ModelFolders | None:
+    """Local folders of ``spec``'s pretrained model and retriever (None for baselines without weights).
+
+    Tiny stand-ins (tests, demo) are built on first use; hub ids are fetched once (safetensors, configs,
+    tokenizer) into the Hugging Face cache.
+    """
+    if spec.kind != "dense" or spec.pretrained is None or spec.retriever is None:
+        return None
+    if spec.tiny:
+        from readaptir.models.tiny import ensure_tiny
+
+        ensure_tiny(spec.tiny, Path(spec.pretrained).parents[1])
+    folders = {}
+    for field in ("pretrained", "retriever"):
+        ref = str(getattr(spec, field))
+        try:
+            folders[field] = resolve_model_dir(ref)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - hub errors come in many classes; all mean the same here
+            raise ModelNotFound(
+                f"model.{field}={ref}: not a local folder and fetching it from the Hugging Face Hub failed "
+                f"({e.__class__.__name__}); {LOGIN_HINT}, or set model.{field}=/path/to/a/local/copy"
+            ) from e
+    return ModelFolders(**folders)

@@ -1,0 +1,118 @@
+"""Render a paper table or Figure 2 from the results store into a folder (the ``make table1`` … targets).
+
+    python -m readaptir.report table1 --results-dir cache/results --out experiments/table1
+    python -m readaptir.report table1 --results-dir cache/results --out /tmp/demo \\
+        --models tiny-llama,tiny-mistral --datasets toy
+    python -m readaptir.report {table1,table2,table3,figure2} ... [--alpha 0.5 --beta 1.0 --scaling delta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from readaptir.fs import atomic_write
+from readaptir.report import paper
+from readaptir.report.figure import figure2
+from readaptir.report.results import (
+    CONF_DATASET_DIR,
+    DatasetMeta,
+    Results,
+    Selection,
+    load_dataset_meta,
+    load_results,
+)
+from readaptir.report.table import Table
+from readaptir.report.tables import TABLE_BUILDERS, table1
+
+log = logging.getLogger(__name__)
+
+TABLES = ("table1", "table2", "table3", "figure2")
+DEFAULT_DATASETS = {
+    "table1": paper.DATASETS,
+    "table2": paper.TABLE2_DATASETS,
+    "table3": paper.BEIR_DATASETS,
+    "figure2": paper.DATASETS,
+}
+
+
+def _as_results(results: Results | str | os.PathLike) -> Results:
+    return results if isinstance(results, Results) else load_results(results)
+
+
+def render_table1_markdown(
+    results: Results | str | os.PathLike,
+    models: Sequence[str] = paper.MODELS,
+    datasets: Sequence[str] = paper.DATASETS,
+    selection: Selection = Selection(),
+    meta: Mapping[str, DatasetMeta] | None = None,
+) -> str:
+    """Table 1 as Markdown, from a Results index or a results directory (the demo prints this)."""
+    return table1(_as_results(results), models, datasets, selection, meta).markdown()
+
+
+# ------------------------------------------------------------------------------------------- writing
+def write_table(table: Table, out_dir: str | os.PathLike) -> str:
+    """Write ``<name>.md``, ``.tex`` and ``.csv`` into ``out_dir``; return the Markdown."""
+    out, md = Path(out_dir), table.markdown()
+    atomic_write(out / f"{table.name}.md", md)
+    atomic_write(out / f"{table.name}.tex", table.latex())
+    atomic_write(out / f"{table.name}.csv", table.csv())
+    return md
+
+
+def render(
+    name: str,
+    results: Results | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    models: Sequence[str] = paper.MODELS,
+    datasets: Sequence[str] | None = None,
+    selection: Selection = Selection(),
+    meta: Mapping[str, DatasetMeta] | None = None,
+) -> str:
+    """Build table ``name`` (table1/table2/table3/figure2), write its files into ``out_dir``, return its Markdown."""
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; choose from {', '.join(TABLES)}")
+    res = _as_results(results)
+    meta = load_dataset_meta() if meta is None else meta
+    ds = DEFAULT_DATASETS[name] if datasets is None else datasets
+    if name == "figure2":
+        return figure2(res, out_dir, models, ds, selection, meta)
+    return write_table(TABLE_BUILDERS[name](res, models, ds, selection, meta), out_dir)
+
+
+def _csv_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m readaptir.report", description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=TABLES)
+    parser.add_argument("--results-dir", required=True, help="results store (e.g. cache/results)")
+    parser.add_argument("--out", required=True, help="output folder (e.g. experiments/table1)")
+    parser.add_argument("--models", type=_csv_list, default=list(paper.MODELS), help="comma-separated")
+    parser.add_argument(
+        "--datasets", type=_csv_list, default=None, help="comma-separated (default: the paper's)"
+    )
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--scaling", default="delta", help="knowledge_scaling: delta or peft_scale")
+    parser.add_argument("--metric", default="NDCG@10")
+    parser.add_argument(
+        "--conf-dir", default=str(CONF_DATASET_DIR), help="dataset configs (corpus_size, seen_by)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        meta = load_dataset_meta(args.conf_dir)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    sel = Selection(args.alpha, args.beta, args.scaling, args.metric)
+    md = render(args.table, args.results_dir, args.out, args.models, args.datasets, sel, meta)
+    sys.stdout.write(md)
+    log.info("wrote %s outputs to %s", args.table, args.out)
+    return 0

@@ -1,0 +1,193 @@
+"""The per-cell results store, read back: one ``results.json`` per grid cell, indexed for the tables.
+
+Cells are written by :mod:`readaptir.grid.cell` to ``<results_dir>/<model>/<dataset>/<cell>.json`` and
+indexed here by (model, dataset, adapter, ablation, α, β, knowledge_scaling). Dataset metadata (corpus
+size, which models saw it in training) comes from ``conf/dataset/**/*.yaml``, the same files the grid
+composes, so the zero-shot averages can never disagree with the configs.
+
+    from readaptir.report.results import load_results, Selection
+    r = load_results("cache/results").get("repllama", "scifact", "in-domain", "both", Selection())
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from readaptir.grid.record import CellRecord
+
+log = logging.getLogger(__name__)
+
+CONF_DATASET_DIR = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+SIGNIFICANCE_LEVEL = 0.05
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which point of the (α, β, knowledge_scaling) grid to render, and on which metric."""
+
+    alpha: float = 0.5
+    beta: float = 1.0
+    knowledge_scaling: str = "delta"
+    metric: str = "NDCG@10"
+
+    def describe(self) -> str:
+        return f"α={float(self.alpha)}, β={float(self.beta)}, knowledge_scaling={self.knowledge_scaling}"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One finished grid cell as the tables see it: its record, with scores × 100."""
+
+    record: CellRecord
+    path: str = ""
+
+    def __getattr__(self, name: str) -> Any:  # coordinates: model, dataset, adapter, ablation, alpha, ...
+        if name == "record":  # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.record.cell, name)
+
+    @property
+    def demo(self) -> bool:
+        return self.record.demo
+
+    @property
+    def corpus_size(self) -> int | None:
+        return self.record.corpus_size
+
+    @property
+    def significance(self) -> Mapping[str, Any]:
+        return self.record.significance
+
+    @property
+    def key(self) -> tuple[str, str, str, str, float, float, str]:
+        c = self.record.cell
+        return _key(c.model, c.dataset, c.adapter, c.ablation, c.alpha, c.beta, c.knowledge_scaling)
+
+    def score(self, which: str, metric: str) -> float | None:
+        """``which`` ∈ {base, readapted}; the metric × 100, or None when the cell lacks it."""
+        value = (self.record.base if which == "base" else self.record.readapted).get(metric)
+        return None if value is None else 100.0 * float(value)
+
+    def delta(self, metric: str) -> float | None:
+        base, ra = self.score("base", metric), self.score("readapted", metric)
+        return None if base is None or ra is None else ra - base
+
+    def significant(self, metric: str, level: float = SIGNIFICANCE_LEVEL) -> bool:
+        """True when the recorded paired test on ``metric`` has p < level (a test on another metric says nothing)."""
+        p = self.significance.get("p_value")
+        return p is not None and self.significance.get("metric", metric) == metric and float(p) < level
+
+
+def _key(model: str, dataset: str, adapter: str, ablation: str, alpha: float, beta: float, scaling: str):
+    # Round α/β so 0.5 parsed from "0.5" and from 0.50000000001 meet in the index.
+    return (model, dataset, adapter, ablation, round(float(alpha), 6), round(float(beta), 6), scaling)
+
+
+class Results:
+    """Finished cells indexed by (model, dataset, adapter, ablation, α, β, knowledge_scaling)."""
+
+    def __init__(self, cells: Iterable[CellResult] = ()) -> None:
+        self._cells: dict[tuple, CellResult] = {}
+        for cell in cells:
+            old = self._cells.get(cell.key)
+            if old is not None:
+                log.warning(
+                    "duplicate result for %s in %s and %s; using the latter", cell.key, old.path, cell.path
+                )
+            self._cells[cell.key] = cell
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def __iter__(self):
+        return iter(self._cells.values())
+
+    def get(self, model: str, dataset: str, adapter: str, ablation: str, sel: Selection) -> CellResult | None:
+        return self._cells.get(
+            _key(model, dataset, adapter, ablation, sel.alpha, sel.beta, sel.knowledge_scaling)
+        )
+
+    def selections(self) -> set[tuple[float, float, str]]:
+        return {(k[4], k[5], k[6]) for k in self._cells}
+
+
+def parse_record(record: Mapping[str, Any] | CellRecord, path: str = "<memory>") -> CellResult | None:
+    """A results.json record as a CellResult; None (logged) for not-done or malformed records."""
+    try:
+        rec = record if isinstance(record, CellRecord) else CellRecord.model_validate(record)
+    except ValidationError as e:
+        log.warning("skipping results file %s: %s", path, e.errors()[0]["msg"])
+        return None
+    if rec.status != "done":
+        log.debug("skipping %s: status=%r %s", path, rec.status, rec.reason)
+        return None
+    if not rec.base or not rec.readapted:
+        log.warning("skipping results file %s: missing base/readapted metrics", path)
+        return None
+    for part, values in (("base", rec.base), ("readapted", rec.readapted)):
+        bad = {m: v for m, v in values.items() if not 0.0 <= float(v) <= 1.0}
+        if bad:
+            log.warning("results file %s: %s metrics %s are not fractions in [0, 1]", path, part, bad)
+    return CellResult(rec, path)
+
+
+def load_results(results_dir: str | os.PathLike) -> Results:
+    """Every finished cell under ``results_dir`` (recursively, ``*.json``); unreadable files are warned about."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        log.warning("results directory %s does not exist; every cell will show —", root)
+        return Results()
+    cells = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            log.warning("skipping unreadable results file %s: %s", path, err)
+            continue
+        if not isinstance(record, Mapping):
+            log.warning("skipping results file %s: not a JSON object", path)
+            continue
+        cell = parse_record(record, str(path))
+        if cell is not None:
+            cells.append(cell)
+    log.info("loaded %d finished cells from %s", len(cells), root)
+    return Results(cells)
+
+
+# ------------------------------------------------------------------------------------ dataset metadata
+@dataclass(frozen=True)
+class DatasetMeta:
+    name: str
+    corpus_size: int | None = None
+    seen_by: tuple[str, ...] = ()
+
+
+def load_dataset_meta(conf_dir: str | os.PathLike = CONF_DATASET_DIR) -> dict[str, DatasetMeta]:
+    """name -> corpus_size and seen_by, from ``conf/dataset/**/*.yaml`` (demo datasets included)."""
+    from omegaconf import OmegaConf
+
+    root = Path(conf_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset config directory {root} not found (pass --conf-dir)")
+    meta = {}
+    for path in sorted(root.rglob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        name = str(cfg.get("name", path.stem))
+        size = cfg.get("corpus_size")
+        meta[name] = DatasetMeta(name, None if size is None else int(size), tuple(cfg.get("seen_by") or ()))
+    return meta
+
+
+def meta_for(meta: Mapping[str, DatasetMeta], dataset: str) -> DatasetMeta:
+    if dataset not in meta:
+        log.warning("no metadata for dataset %r: treated as zero-shot, corpus size unknown", dataset)
+        return DatasetMeta(dataset)
+    return meta[dataset]

@@ -1,0 +1,1 @@
+"""Content-addressed artifacts (:mod:`readaptir.store.artifacts`) and input identities (:mod:`readaptir.store.identity`)."""

@@ -1,0 +1,104 @@
+"""What an input *is*, independent of where it sits: the identities that artifact keys are built from.
+
+A hub model is its id; a local model folder is its configs and weight-file fingerprints; a tokenizer is
+its tokenizer files; a data file is its contents. Moving the cache or a data folder therefore invalidates
+nothing, while a changed weight file, tokenizer or corpus gets new artifacts. An input that is not on disk
+(plan mode before a download) has the identity ``"unknown"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+UNKNOWN = "unknown"
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Files that define a HF tokenizer's behaviour (the weights in the same folder must not enter its identity).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+
+
+def is_hub_id(ref: str | os.PathLike) -> bool:
+    """``org/name`` that is not an existing local path."""
+    return not Path(str(ref)).expanduser().exists() and bool(HUB_ID_RE.match(str(ref)))
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Cheap content fingerprint of a (possibly huge) file: size, plus sha256 of its first/last MiB.
+
+    Used in artifact keys, so a changed corpus gets new artifacts without hashing gigabytes each run.
+    """
+    path = Path(path)
+    if not path.is_file():  # plan mode before a download: distinct per dataset, never equal to real data
+        return f"{UNKNOWN}:{path.parent.name}/{path.name}"
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def model_identity(ref: str | os.PathLike | None) -> str | None:
+    """A hub id as is; a local folder by its configs and weight fingerprints; ``unknown`` if absent."""
+    if ref is None:
+        return None
+    p = Path(str(ref)).expanduser()
+    if not p.is_dir():
+        return str(ref) if is_hub_id(ref) else f"{UNKNOWN}:{ref}"
+    h = hashlib.sha256()
+    for f in sorted(p.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".bin", ".model") and not f.name.startswith("."):
+            h.update(f.name.encode())
+            if f.suffix in (".safetensors", ".bin"):
+                h.update(file_fingerprint(f).encode())
+            else:
+                h.update(_stable_json(f))
+    return f"local:{h.hexdigest()[:16]}"
+
+
+def _stable_json(f: Path) -> bytes:
+    """JSON file content without fields that only record where the file came from."""
+    try:
+        obj = json.loads(f.read_text())
+    except ValueError:
+        return f.read_bytes()
+    if isinstance(obj, dict):
+        for k in ("base_model_name_or_path", "_name_or_path", "transformers_version"):
+            obj.pop(k, None)
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def tokenizer_identity(ref: str | os.PathLike) -> str:
+    """A hub id as is; a local folder by its tokenizer files (names and contents)."""
+    root = Path(str(ref)).expanduser()
+    if not root.is_dir():
+        return str(ref) if is_hub_id(ref) else f"{UNKNOWN}:{ref}"
+    h = hashlib.sha256()
+    found = 0
+    for name in TOKENIZER_FILES:
+        path = root / name
+        if path.is_file():
+            found += 1
+            h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    if not found:
+        raise FileNotFoundError(f"{root}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) found")
+    return h.hexdigest()[:16]
+
+
+def ids_digest(ids: frozenset[str]) -> str:
+    """Identity of a set of doc ids (an ablation subset)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]

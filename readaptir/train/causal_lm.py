@@ -1,0 +1,91 @@
+"""The model a knowledge adapter is trained on: the pretrained causal LM and the PEFT DoRA/LoRA config.
+
+bf16 on CUDA (adapter weights stay float32 under autocast), float32 on CPU; flash-attention 2 when
+installed, since its varlen kernel computes only the diagonal blocks of a packed row
+(:mod:`readaptir.train.batching`), else PyTorch SDPA. The recipe (DoRA r=32, alpha=64, dropout 0.05 on
+q/k/v/up/down) comes from ``conf/adapter/``. Used by :func:`readaptir.train.knowledge.train_knowledge_adapter`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from readaptir.config import AdapterRecipe, TrainSettings
+
+
+def attn_implementation() -> str:
+    """flash-attention 2 (varlen on packed rows) when installed on CUDA, else PyTorch SDPA."""
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_causal_lm(pretrained: str | os.PathLike, device: torch.device | str | None = None):
+    """The pretrained causal LM for training: bf16 on CUDA, float32 on CPU."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        pretrained, dtype=dtype, attn_implementation=attn_implementation()
+    )
+    return model.to(device) if device is not None else model
+
+
+def peft_config(recipe: AdapterRecipe):
+    """PEFT ``LoraConfig`` of the recipe (``use_dora`` for DoRA) over the causal LM."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=recipe.r,
+        lora_alpha=float(recipe.alpha),
+        lora_dropout=float(recipe.dropout),
+        target_modules=list(recipe.targets),
+        use_dora=recipe.method == "dora",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def special_ids(pretrained: Path) -> tuple[int, int, int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pretrained)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    if bos is None or eos is None:
+        raise ValueError(f"{pretrained}: tokenizer needs BOS and EOS tokens (got {bos}, {eos})")
+    return bos, eos, tok.pad_token_id if tok.pad_token_id is not None else eos  # padding is masked
+
+
+def setup_training(
+    pretrained: Path, recipe: AdapterRecipe, train: TrainSettings, model: Any, accelerator, total_steps
+):
+    """PEFT model, optimizer and schedule, seeded so the adapter's initialisation is reproducible."""
+    from peft import get_peft_model
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(train.seed)  # adapter init (LoRA A) is drawn from torch's RNG
+    random.seed(train.seed)
+    np.random.seed(train.seed)
+    base = model if model is not None else load_causal_lm(pretrained)
+    base.config.use_cache = False
+    if train.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model = get_peft_model(base, peft_config(recipe)).to(accelerator.device)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+    # Not passed through accelerator.prepare: its wrapper would step the schedule `world` times per step.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(train.warmup_ratio * total_steps), total_steps)
+    peft_model, optimizer = accelerator.prepare(peft_model, optimizer)
+    peft_model.train()
+    return peft_model, optimizer, scheduler, trainable

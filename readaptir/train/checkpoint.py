@@ -1,0 +1,106 @@
+"""Training checkpoints: save, find and load the state a killed knowledge-adapter run resumes from.
+
+A checkpoint (``<work_dir>/ckpt-<step>``, every ``train.checkpoint_every`` optimizer steps) holds the
+adapter weights, optimizer, scheduler, every rank's RNG states, the global counters and the step, which is
+also the position in the data since the batch plan is a pure function of the seed
+(:mod:`readaptir.train.batching`). It is written into a ``.tmp-`` folder and renamed into place, so only complete
+checkpoints are ever found; older ones are removed once a newer one is in place. A fingerprint of the run
+plan (config, data subset, number of processes) refuses to resume a different run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+CKPT_PREFIX = "ckpt-"
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """Newest complete checkpoint (complete ones are renamed into place; temporaries start with '.')."""
+    done = sorted(p for p in Path(work_dir).glob(f"{CKPT_PREFIX}*") if (p / "state.pt").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    work_dir: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    counters: dict,
+    fingerprint: str,
+) -> Path:
+    from peft import get_peft_model_state_dict
+
+    final = work_dir / f"{CKPT_PREFIX}{step:09d}"
+    tmp = work_dir / f".tmp-{CKPT_PREFIX}{step:09d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    # Every rank saves its own RNG state: dropout masks differ per rank under DDP.
+    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        adapter = {
+            k: v.detach().cpu() for k, v in get_peft_model_state_dict(accelerator.unwrap_model(model)).items()
+        }
+        torch.save(
+            {
+                "step": step,
+                "fingerprint": fingerprint,
+                "adapter": adapter,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "counters": counters,
+                "world_size": accelerator.num_processes,
+            },
+            tmp / "state.pt",
+        )
+        os.replace(tmp, final)  # a checkpoint is visible only once complete
+        for old in work_dir.glob(f"{CKPT_PREFIX}*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(
+    accelerator: Accelerator, path: Path, model, optimizer, scheduler, fingerprint: str
+) -> dict:
+    from peft import set_peft_model_state_dict
+
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if state["fingerprint"] != fingerprint:
+        raise RuntimeError(
+            f"{path}: checkpoint was made for a different run plan (config, data subset or "
+            f"number of processes); delete {path.parent} to start over"
+        )
+    set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
+    return state

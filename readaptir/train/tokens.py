@@ -1,0 +1,182 @@
+"""Token cache: each corpus tokenized once, stored memory-mapped, shared by every cell and run.
+
+Knowledge-adapter training reads the same corpus under many cells (two ablation subsets, repeated
+sweeps, both batching modes), and MS-MARCO alone is 8.84M passages, ≈ 0.7B tokens. So a corpus is
+tokenized exactly once per tokenizer, streamed in batches (the corpus text is never held in memory),
+and stored as an artifact keyed by the corpus contents and the tokenizer files:
+
+    <cache>/tokens/tokens-<hash>/ids.bin       all token ids, concatenated (uint16 when the vocabulary fits)
+                                 offsets.npy   int64 [N+1]: passage i is ids[offsets[i]:offsets[i+1]]
+                                 doc_ids.txt   one doc id per line, row order = corpus.jsonl order
+                                 meta.json     dtype, counts, tokenizer class
+
+Ids hold ``passage_training_text(p)`` tokenized with ``add_special_tokens=False`` and *not truncated*:
+BOS/EOS and the ``max_tokens`` cut are applied at training time, so a changed ``max_tokens`` reuses the
+cache. Ablation subsets select rows by doc id (:meth:`TokenCache.select`), never re-tokenize.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from readaptir.data.beir import iter_corpus, passage_training_text
+from readaptir.store.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the on-disk layout or the text recipe changes
+TOKENIZE_BATCH = 4096  # passages per tokenizer call: large enough for the Rust tokenizer's threads
+
+
+class TokenCache:
+    """Read-only view of a finished token cache folder (ids memory-mapped, offsets in memory)."""
+
+    def __init__(self, path: str | os.PathLike, key: str = "") -> None:
+        self.path = Path(path)
+        self.key = key or self.path.name
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.path}: not a token cache (meta.json missing)")
+        self.meta = json.loads(meta_path.read_text())
+        self.offsets = np.load(self.path / "offsets.npy")
+        n_tokens = int(self.offsets[-1])
+        # np.memmap refuses zero-length files; an empty corpus gets an empty array instead.
+        self.ids = (
+            np.memmap(self.path / "ids.bin", dtype=self.meta["dtype"], mode="r", shape=(n_tokens,))
+            if n_tokens
+            else np.zeros(0, dtype=self.meta["dtype"])
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @cached_property
+    def doc_ids(self) -> list[str]:
+        """Doc ids in row order (loaded on first use: 8.84M short strings for MS-MARCO)."""
+        with open(self.path / "doc_ids.txt", encoding="utf-8") as f:
+            ids = f.read().split("\n")[:-1]
+        if len(ids) != len(self):
+            raise ValueError(f"{self.path}: {len(ids)} doc ids for {len(self)} passages; delete the folder")
+        return ids
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Number of tokens of each passage (no BOS/EOS, untruncated)."""
+        return np.diff(self.offsets)
+
+    def get(self, i: int) -> np.ndarray:
+        """Token ids of passage ``i`` (no BOS/EOS), a view into the memory map."""
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def select(
+        self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
+    ) -> np.ndarray:
+        """Row indices (ascending) whose doc id is in ``include`` (when given) and not in ``exclude``."""
+        inc = None if include is None else frozenset(include)
+        exc = frozenset(exclude or ())
+        rows = [i for i, d in enumerate(self.doc_ids) if (inc is None or d in inc) and d not in exc]
+        return np.asarray(rows, dtype=np.int64)
+
+
+def write_token_cache(
+    out_dir: str | os.PathLike,
+    items: Iterable[tuple[str, Sequence[int]]],
+    vocab_size: int,
+    extra_meta: dict | None = None,
+) -> None:
+    """Stream ``(doc_id, token_ids)`` pairs into a cache folder (used for corpora and synthetic benchmarks)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    offsets = [0]
+    with open(out / "ids.bin", "wb") as ids_f, open(out / "doc_ids.txt", "w", encoding="utf-8") as doc_f:
+        for doc_id, ids in items:
+            if "\n" in doc_id:
+                raise ValueError(f"doc id {doc_id!r} contains a newline; the token cache cannot store it")
+            arr = np.asarray(ids, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                raise ValueError(f"doc {doc_id!r}: token id outside [0, {vocab_size})")
+            ids_f.write(arr.astype(dtype).tobytes())
+            doc_f.write(doc_id + "\n")
+            offsets.append(offsets[-1] + arr.size)
+    np.save(out / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    meta = {
+        "format": FORMAT_VERSION,
+        "dtype": np.dtype(dtype).name,
+        "passages": len(offsets) - 1,
+        "tokens": offsets[-1],
+        "vocab_size": vocab_size,
+        **(extra_meta or {}),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            n += chunk.count(b"\n")
+    return n
+
+
+def _tokenized(tokenizer, corpus_root: Path) -> Iterable[tuple[str, list[int]]]:
+    """Stream the corpus in batches of TOKENIZE_BATCH passages through the (fast) tokenizer."""
+    batch_ids: list[str] = []
+    batch_texts: list[str] = []
+
+    def flush():
+        enc = tokenizer(batch_texts, add_special_tokens=False)["input_ids"]
+        yield from zip(batch_ids, enc, strict=True)
+        batch_ids.clear()
+        batch_texts.clear()
+
+    for p in iter_corpus(corpus_root):
+        batch_ids.append(p.doc_id)
+        batch_texts.append(passage_training_text(p))
+        if len(batch_texts) >= TOKENIZE_BATCH:
+            yield from flush()
+    if batch_texts:
+        yield from flush()
+
+
+def ensure_token_cache(
+    store: ArtifactStore, key: str, tokenizer_dir: str | os.PathLike, corpus_root: str | os.PathLike
+) -> TokenCache:
+    """The corpus's token cache at ``key``, tokenizing (streamed, once, with a progress bar) only when missing."""
+    corpus_root = Path(corpus_root)
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        # Whole passages are cached untruncated (training truncates to train.max_tokens, keeping EOS):
+        # silence the "longer than the maximum sequence length" warning meant for model inputs.
+        tokenizer.model_max_length = 1 << 62
+        total = _count_lines(corpus_root / "corpus.jsonl")
+        log.info("Tokenizing %s (%d lines) with %s", corpus_root, total, tokenizer_dir)
+        items = tqdm(
+            _tokenized(tokenizer, corpus_root),
+            total=total,
+            desc=f"tokenize {corpus_root.name}",
+            unit="psg",
+            mininterval=2.0,
+        )
+        write_token_cache(
+            tmp,
+            items,
+            vocab_size=len(tokenizer),
+            extra_meta={"tokenizer": type(tokenizer).__name__, "corpus": str(corpus_root)},
+        )
+
+    path = store.build(
+        "tokens", key, build, meta={"corpus": str(corpus_root), "tokenizer": str(tokenizer_dir)}
+    )
+    return TokenCache(path, key)
