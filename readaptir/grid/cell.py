@@ -43,9 +43,9 @@ def run(cfg: Any) -> CellRecord | None:
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if spec.run.plan:
-        from readaptir.grid.plan import describe_cell
+        from readaptir.grid.plan import describe_in_sweep
 
-        print(describe_cell(spec))
+        print(describe_in_sweep(spec))
         return None
     return run_cell(spec, job_dir(spec))
 

@@ -21,11 +21,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from readaptir.config import CONF_DIR
 from readaptir.grid.record import CellRecord
 
 log = logging.getLogger(__name__)
 
-CONF_DATASET_DIR = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+CONF_DATASET_DIR = CONF_DIR / "dataset"
 SIGNIFICANCE_LEVEL = 0.05
 
 
