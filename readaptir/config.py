@@ -156,7 +156,7 @@ class EvaluateSettings(_Spec):
 
 
 class TrackingSettings(_Spec):
-    backend: Literal["wandb", "none"] = "wandb"
+    backend: Literal["auto", "wandb", "none"] = "auto"
     project: str = "readaptir"
     entity: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"

@@ -56,6 +56,19 @@ def test_backend_none_is_a_noop(tmp_path):
         start_tracker({"backend": "mlflow"}, CELL, "n", None, "train")
 
 
+def test_backend_auto_tracks_only_when_wandb_is_installed(tmp_path, monkeypatch):
+    from readaptir.errors import UserError
+
+    settings = {"backend": "auto", "mode": "offline", "dir": str(tmp_path / "wb")}
+    t = start_tracker(settings, CELL, "n", None, "cell")
+    assert t.enabled and t.active  # wandb is a dev dependency: auto tracks
+    t.finish()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "wandb" else object())
+    assert not start_tracker(settings, CELL, "n", None, "cell").enabled  # the wandb extra is not installed
+    with pytest.raises(UserError, match=r"pip install 'readaptir\[wandb\]'"):
+        start_tracker({**settings, "backend": "wandb"}, CELL, "n", None, "cell")
+
+
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory, tiny_llama, toy_dir):
     store = ArtifactStore(tmp_path_factory.mktemp("store"))
