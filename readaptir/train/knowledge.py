@@ -106,13 +106,15 @@ class _Window:
     def flush(self, lr: float, grad_norm: float, done: int, total: int, epochs: int) -> dict[str, float]:
         dt = max(time.time() - self.t0, 1e-9)
         s = self.sums
+        # Rates of this window only, under their own names: W&B's summary keeps a key's last logged value,
+        # and train/passages_per_s etc. in the summary are the whole run's (set once training ends).
         metrics = {
             "train/loss": self.loss_sum / max(s["targets"], 1),
             "train/lr": lr,
             "train/grad_norm": grad_norm,
-            "train/tokens_per_s": s["tokens"] / dt,
-            "train/passages_per_s": s["passages"] / dt,
-            "train/padding_fraction": s["padding"] / max(s["tokens"] + s["padding"], 1),
+            "train/window_tokens_per_s": s["tokens"] / dt,
+            "train/window_passages_per_s": s["passages"] / dt,
+            "train/window_padding_fraction": s["padding"] / max(s["tokens"] + s["padding"], 1),
             "train/passages": self.counters["passages"],
             "train/epoch": done / total * epochs,
         }
