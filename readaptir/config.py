@@ -172,6 +172,7 @@ class Paths(_Spec):
 class RunSettings(_Spec):
     plan: bool = False
     seed: int = 0
+    progress_every_s: float = Field(300, ge=0)  # progress lines in run.log during long stages (0: none)
     out_dir: str | None = None
 
 

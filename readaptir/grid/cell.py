@@ -25,6 +25,7 @@ from readaptir.evaluate import paired_test
 from readaptir.grid import stages
 from readaptir.grid.keys import CellInputs, cell_keys
 from readaptir.grid.record import CellRecord
+from readaptir.logs import ProgressLog, quiet_libraries
 from readaptir.models.hub import resolve_models
 from readaptir.runtime import Runtime, dist_state, distributed
 from readaptir.store.artifacts import ArtifactStore
@@ -33,21 +34,19 @@ from readaptir.tracking import Tracker, start_tracker
 log = logging.getLogger(__name__)
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-# Per-metric INFO lines of these libraries drown the cell summary.
-NOISY_LOGGERS = ("beir", "sentence_transformers", "httpx", "faiss", "bm25s")
 
 
 def run(cfg: Any) -> CellRecord | None:
     """Run (or, with ``run.plan=true``, describe) the cell of a composed Hydra config."""
     spec = CellConfig.from_hydra(cfg)
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     if spec.run.plan:
         from readaptir.grid.plan import describe_in_sweep
 
         print(describe_in_sweep(spec))
         return None
-    return run_cell(spec, job_dir(spec))
+    with ProgressLog(spec.run.progress_every_s):  # run.log shows progress during long stages
+        return run_cell(spec, job_dir(spec))
 
 
 def job_dir(cfg: CellConfig) -> Path:
@@ -119,7 +118,7 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
     finally:
         tracker.finish()
     if runtime.main:
-        print(record.summary(results_path))
+        log.info("Cell finished:\n%s", record.summary(results_path))  # the terminal and run.log
     return record
 
 

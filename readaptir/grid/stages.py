@@ -67,6 +67,7 @@ def train_adapter(
     # Under `accelerate launch` every rank joins training (DDP) in one shared folder; the main one publishes.
     path = store.build_collective("adapter", key, train, meta=meta)
     store.discard_work(key)  # checkpoints go only once the adapter is in place
+    log.info("Knowledge adapter: %s", path)
     if not stats and (path / "train_stats.json").is_file():
         stats = json.loads((path / "train_stats.json").read_text())
     return path, stats
