@@ -115,6 +115,7 @@ class ReadaptSettings(_Spec):
     beta: float = 1.0
     knowledge_scaling: Literal["delta", "peft_scale"] = "delta"
     save_model: bool = False
+    push_to_hub: str | None = None  # a Hub repo id: upload the readapted retriever (opt-in)
 
 
 class TrainSettings(_Spec):

@@ -119,6 +119,8 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
         tracker.finish()
     if runtime.main:
         log.info("Cell finished:\n%s", record.summary(results_path))  # the terminal and run.log
+        if cfg.readapt.push_to_hub and "readapted" in keys:  # opt-in, after the results are safe
+            stages.push_readapted(cfg, store, keys, folders, record.model_dump(), runtime)
     return record
 
 
