@@ -107,3 +107,16 @@ def test_wheel_installed_in_a_fresh_venv_runs_outside_the_tree(wheel, tmp_path):
     assert (
         list(elsewhere.iterdir()) == [] and not (tmp_path / "cache").exists()
     )  # a plan leaves nothing behind
+    # A user's own config group option, beside the packaged ones (Hydra's search path).
+    user = tmp_path / "userconf" / "model"
+    user.mkdir(parents=True)
+    (user / "my-retriever.yaml").write_text("defaults:\n  - repllama\n  - _self_\nname: my-retriever\n")
+    cmd = [
+        venv / "bin" / "readaptir",
+        "--config-dir",
+        user.parent,
+        "model=my-retriever",
+        "dataset=scifact",
+        "run.plan=true",
+    ]
+    assert "[plan] my-retriever × scifact × in-domain × both:" in _run(cmd, elsewhere, env).stdout
