@@ -4,8 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch 2.13.0: a CUDA build from PyPI on Linux GPU machines (a CPU build where a local wheel is preferred).
 TORCH_SPEC ?= torch==2.13.0
+# FAISS, exactly one flavour: cpu (faiss-cpu) or gpu (Meta's faiss-gpu: CUDA 12, H100/H200 kernels).
+# Default: gpu when nvidia-smi sees a GPU. Switching flavours removes the other one first.
+FAISS ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 EXTRAS ?= dev
-export READAPTIR_DATA ?= $(abspath ../shared/beir)
+ifeq ($(filter $(FAISS),cpu gpu),)
+$(error FAISS must be cpu or gpu, not '$(FAISS)')
+endif
 CACHE ?= $(or $(READAPTIR_CACHE),cache)
 RESULTS := $(CACHE)/results
 # NO_RUN=1 renders tables from existing results without running any cell.
@@ -18,21 +23,27 @@ SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-$(FAISS): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q '$(TORCH_SPEC)'
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@# faiss-cpu and faiss-gpu own the same files (faiss/): when another flavour is present, remove every
+	@# faiss first, the wanted one too (its files may have been overwritten), then install one.
+	@have=$$($(PY) -m pip list --format=freeze 2>/dev/null | sed -nE 's/^(faiss[-_][A-Za-z0-9_-]+)==.*/\1/p' | tr 'A-Z_' 'a-z-'); \
+	 if [ -n "$$(echo "$$have" | grep -vx 'faiss-$(FAISS)')" ]; then \
+	   echo "switching the faiss flavour to $(FAISS): removing" $$have; $(PY) -m pip uninstall -q -y $$have; fi
+	$(PY) -m pip install -q -e '.[$(FAISS),$(EXTRAS)]'
+	rm -f $(VENV)/.installed*
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install readaptir (+ dev tools); EXTRAS=dev,gpu on GPU machines
+install: $(VENV)/.installed-$(FAISS) ## create .venv and install readaptir + dev tools; FAISS=cpu|gpu (default: gpu if nvidia-smi works)
 
 demo: install ## embedded default: both tiny retrievers on the toy set, full pipeline, CPU, minutes
 	$(PY) run.py -m experiment=demo
 	$(PY) -m readaptir.report table1 --results-dir $(RESULTS) --out outputs/demo \
 	    --models tiny-llama,tiny-mistral --datasets toy
 
-test: install ## the test suite (CPU; real-data tests use READAPTIR_DATA, default ../shared/beir)
+test: install ## the test suite (CPU; real-data tests run when READAPTIR_DATA points at BeIR copies)
 	$(PY) -m pytest -m "not gpu" -q
 
 test-fast: install ## tests without the slow and real-data ones
@@ -42,7 +53,7 @@ lint: install ## ruff lint + format check
 	$(PY) -m ruff check readaptir tests experiments run.py
 	$(PY) -m ruff format --check readaptir tests experiments run.py
 
-plan: install ## cells, unique adapters/encodings and GPU-hours of the paper's full grid (loads nothing)
+plan: install ## GPU-hours of the paper's Tables 1-3, then of the full grid (loads nothing, needs no data)
 	$(PY) -m readaptir.grid.plan
 
 table1: install ## Table 1 (in-domain adapter, both models × 14 datasets) → experiments/table1/

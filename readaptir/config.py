@@ -10,6 +10,7 @@ refused with one line naming the key, what it got and what is allowed:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from readaptir.errors import UserError
 
 Ablation = Literal["both", "without", "with"]
+# The Hydra configs shipped in the package (a source checkout's top-level conf/ links here).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class _Spec(BaseModel):
@@ -73,6 +76,11 @@ class DatasetSpec(_Spec):
     beir_name: str
     split: str
     corpus_size: int = Field(ge=0)
+    # Shipped statistics for plan estimates (no data needed): tokens of title + " " + text, passages judged
+    # relevant in the evaluated split (the size of ablation=with), and where the numbers come from.
+    corpus_tokens: int | None = Field(None, ge=0)
+    judged_passages: int | None = Field(None, ge=0)
+    stats_source: str = ""
     knowledge_corpus: str
     task: str = ""
     seen_by: tuple[str, ...] = ()
@@ -107,6 +115,7 @@ class ReadaptSettings(_Spec):
     beta: float = 1.0
     knowledge_scaling: Literal["delta", "peft_scale"] = "delta"
     save_model: bool = False
+    push_to_hub: str | None = None  # a Hub repo id: upload the readapted retriever (opt-in)
 
 
 class TrainSettings(_Spec):
@@ -148,7 +157,7 @@ class EvaluateSettings(_Spec):
 
 
 class TrackingSettings(_Spec):
-    backend: Literal["wandb", "none"] = "wandb"
+    backend: Literal["auto", "wandb", "none"] = "auto"
     project: str = "readaptir"
     entity: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
@@ -164,6 +173,7 @@ class Paths(_Spec):
 class RunSettings(_Spec):
     plan: bool = False
     seed: int = 0
+    progress_every_s: float = Field(300, ge=0)  # progress lines in run.log during long stages (0: none)
     out_dir: str | None = None
 
 

@@ -4,9 +4,13 @@
 plus a dataset's ``extra_metrics`` such as MS-MARCO's "MRR@10") and per-query NDCG@10; ``paired_test``
 compares two runs' per-query scores (paired t-test and a sign-flip randomisation test).
 
-Self-hits are removed here as well as in search: BeIR's evaluator only drops identical ids when
-``ignore_identical_ids`` is left on; we remove them explicitly for every dataset, base and readapted alike,
-and call BeIR with it off, so what is scored is exactly what is saved.
+The metrics are computed as the ``beir`` package's ``EvaluateRetrieval.evaluate`` and
+``evaluate_custom(..., "mrr")`` compute them (pytrec_eval's measures, the mean over the run's queries,
+rounded to 5 decimals), calling pytrec_eval directly: ``beir`` would pull sentence-transformers,
+datasets and pandas into every install. ``tests/test_evaluate.py`` checks the two agree to the bit.
+
+Self-hits are removed here as well as in search, for every dataset, base and readapted alike, so what
+is scored is exactly what is saved.
 
     metrics, per_query = evaluate_run(qrels, run, k_values=[10, 100], extra_metrics=["MRR@10"])
 """
@@ -32,12 +36,11 @@ def evaluate_run(
     k_values: Sequence[int] = (1, 3, 5, 10, 100, 1000),
     extra_metrics: Sequence[str] = (),
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """``(metrics, per-query NDCG@10)`` via ``beir.retrieval.evaluation.EvaluateRetrieval``.
+    """``(metrics, per-query NDCG@10)``: BeIR's NDCG, MAP, Recall and P at ``k_values`` (10 always).
 
     Queries are scored when they have qrels; like BeIR, averages are over queries present in the run.
     """
     import pytrec_eval
-    from beir.retrieval.evaluation import EvaluateRetrieval
 
     k_values = sorted({int(k) for k in k_values} | {10})
     scored = {q: docs for q, docs in remove_self_hits(run).items() if q in qrels}
@@ -51,18 +54,37 @@ def evaluate_run(
     if not scored:
         raise DataError("no query of the run has qrels: wrong dataset or split?")
     qrels = {q: dict(v) for q, v in qrels.items()}
-    ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(
-        qrels, scored, k_values, ignore_identical_ids=False
-    )
-    metrics = {**ndcg, **_map, **recall, **precision}
+    ks = ",".join(str(k) for k in k_values)
+    measures = {f"{m}.{ks}" for m in ("ndcg_cut", "map_cut", "recall", "P")}
+    scores = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(scored)
+    metrics = {}
+    for name, measure in (("NDCG", "ndcg_cut"), ("MAP", "map_cut"), ("Recall", "recall"), ("P", "P")):
+        for k in k_values:  # summed in the run's query order, then averaged and rounded, as BeIR does
+            total = 0.0
+            for s in scores.values():
+                total += s[f"{measure}_{k}"]
+            metrics[f"{name}@{k}"] = round(total / len(scores), 5)
     for name in extra_metrics:  # e.g. MRR@10, MS-MARCO's official measure (a dataset setting)
-        measure, k = _parse_extra(name)
-        metrics.update(EvaluateRetrieval.evaluate_custom({q: qrels[q] for q in scored}, scored, [k], measure))
-    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(scored)
+        _, k = _parse_extra(name)
+        metrics[f"MRR@{k}"] = mrr({q: qrels[q] for q in scored}, scored, k)
     return (
         {k: float(v) for k, v in metrics.items()},
-        {q: float(s["ndcg_cut_10"]) for q, s in sorted(per_query.items())},
+        {q: float(s["ndcg_cut_10"]) for q, s in sorted(scores.items())},
     )
+
+
+def mrr(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], k: int) -> float:
+    """Mean reciprocal rank of the first relevant (score > 0) document in each query's top ``k``, over
+    the queries of ``qrels`` (BeIR's ``evaluate_custom(..., "mrr")``)."""
+    total = 0.0
+    for qid, docs in run.items():
+        top = sorted(docs.items(), key=lambda item: item[1], reverse=True)[:k]
+        relevant = {d for d, r in qrels[qid].items() if r > 0}
+        for rank, (doc, _) in enumerate(top):
+            if doc in relevant:
+                total += 1.0 / (rank + 1)
+                break
+    return round(total / len(qrels), 5)
 
 
 def paired_test(
@@ -105,8 +127,8 @@ def paired_test(
 
 
 def _parse_extra(name: str) -> tuple[str, int]:
-    """``MRR@10`` → (``mrr``, 10): a measure BeIR's ``evaluate_custom`` knows, at one cutoff."""
+    """``MRR@10`` → (``mrr``, 10): the one extra measure (MS-MARCO's official one), at one cutoff."""
     measure, _, k = name.partition("@")
-    if measure.lower() not in ("mrr", "r_cap", "hole", "top_k_acc") or not k.isdigit():
+    if measure.lower() != "mrr" or not k.isdigit():
         raise DataError(f"dataset.extra_metrics: {name!r} is not a measure like MRR@10")
     return measure.lower(), int(k)

@@ -5,10 +5,10 @@ on disk are the results, so any exception raised by wandb (no network, a full di
 an API change) is caught, logged once as a warning, and the tracker becomes a no-op for the rest of
 the run.
 
-Modes (``tracking.mode`` in ``conf/config.yaml``): ``auto`` = online when ``WANDB_API_KEY`` is set,
+Backends (``tracking.backend``): ``auto`` = W&B when the ``wandb`` package is installed (the ``wandb``
+extra), else none; ``wandb`` requires it; ``none``. Modes (``tracking.mode`` in ``conf/config.yaml``): ``auto`` = online when ``WANDB_API_KEY`` is set,
 else offline (runs are written under ``tracking.dir`` and can be uploaded later with
-``wandb sync <dir>/wandb/offline-run-*``); ``online``; ``offline``. ``tracking.backend=none`` turns
-tracking off. An online start that fails (no network) falls back to offline once.
+``wandb sync <dir>/wandb/offline-run-*``); ``online``; ``offline``. An online start that fails (no network) falls back to offline once.
 
     tracker = start_tracker(cfg.tracking, {"model": "repllama", "dataset": "scifact"}, name="...",
                             group="table1", job_type="train")
@@ -18,6 +18,7 @@ tracking off. An online start that fails (no network) falls back to offline once
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from readaptir.config import TrackingSettings, typed
+from readaptir.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +188,14 @@ def start_tracker(
     job_type: str,
     tags: Sequence[str] | None = None,
 ) -> Tracker:
-    """Build and start a :class:`Tracker` from the ``tracking:`` settings (backend wandb | none)."""
+    """Build and start a :class:`Tracker` from the ``tracking:`` settings (backend auto | wandb | none)."""
     s = typed(TrackingSettings, settings if settings is not None else {"backend": "none"})
-    tracker = Tracker(
-        enabled=s.backend == "wandb", project=s.project, entity=s.entity, mode=s.mode, dir=s.dir
-    )
+    installed = importlib.util.find_spec("wandb") is not None
+    if s.backend == "wandb" and not installed:
+        raise UserError(
+            "tracking.backend=wandb needs the wandb package: pip install 'readaptir[wandb]' "
+            "(or tracking.backend=auto, which tracks only when it is installed)"
+        )
+    enabled = s.backend == "wandb" or (s.backend == "auto" and installed)
+    tracker = Tracker(enabled=enabled, project=s.project, entity=s.entity, mode=s.mode, dir=s.dir)
     return tracker.start(config, name=name, group=group, job_type=job_type, tags=tags)

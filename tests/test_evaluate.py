@@ -1,4 +1,4 @@
-"""Metrics through BeIR match hand computation; run files round-trip; paired tests; the HF harness."""
+"""Metrics match hand computation and the beir package to the bit; run files round-trip; paired tests; the HF harness."""
 
 from __future__ import annotations
 
@@ -34,6 +34,34 @@ def test_hand_computed_ndcg():
 def test_mrr_is_a_dataset_setting():
     metrics, _ = evaluate_run(QRELS, RUN, [10], extra_metrics=["MRR@10"])
     assert metrics["MRR@10"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_metrics_equal_the_beir_package_bit_for_bit():
+    """Our pytrec_eval calls give exactly BeIR's EvaluateRetrieval numbers (random qrels and runs, ties too)."""
+    beir_eval = pytest.importorskip("beir.retrieval.evaluation").EvaluateRetrieval
+    import random
+
+    rng = random.Random(0)
+    for trial in range(20):
+        docs = [f"d{i}" for i in range(rng.randint(5, 60))]
+        queries = [f"q{i}" for i in range(rng.randint(1, 30))]
+        qrels = {
+            q: {d: rng.choice([0, 1, 1, 2]) for d in rng.sample(docs, rng.randint(1, 5))} for q in queries
+        }
+        run = {q: {d: float(rng.randint(0, 8)) for d in rng.sample(docs, rng.randint(1, len(docs)))}
+               for q in queries if rng.random() < 0.9} or {queries[0]: {docs[0]: 1.0}}  # fmt: skip
+        ks = sorted({10, *rng.sample([1, 3, 5, 20, 100], 3)})
+        ours, per_query = evaluate_run(qrels, run, ks, extra_metrics=["MRR@10"])
+        ndcg, _map, recall, p = beir_eval.evaluate(qrels, run, ks, ignore_identical_ids=False)
+        theirs = {
+            **ndcg,
+            **_map,
+            **recall,
+            **p,
+            **beir_eval.evaluate_custom({q: qrels[q] for q in run}, run, [10], "mrr"),
+        }
+        assert ours == theirs, trial  # exact equality, not approx
+        assert set(per_query) == set(run)
 
 
 def test_write_and_read_run(tmp_path):

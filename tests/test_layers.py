@@ -15,13 +15,13 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "readaptir"
 LAYERS = [
-    ["errors", "runtime", "fs"],
+    ["errors", "runtime", "fs", "conf", "provenance", "logs"],
     ["config", "data", "store", "tracking"],
     ["models"],
     ["readapt", "retrieval", "evaluate"],
     ["train", "harness"],
     ["grid"],
-    ["report", "resources", "__init__"],
+    ["report", "resources", "__init__", "cli", "__main__"],
 ]
 MAX_MODULE, MAX_FUNCTION = 300, 80
 

@@ -155,6 +155,12 @@ def test_plan_mode_loads_nothing(tmp_path):
     assert len(plans) == 14 and all("repllama" in p for p in plans)
     assert "train dora adapter on scifact" in out.stdout
     assert not (tmp_path / "cache").exists() and not (tmp_path / "nodata").exists()
+    assert not (tmp_path / "s").exists()  # a plan writes no job folder, even where the user points Hydra
+    # The sweep ends with its total: Climate-FEVER's adapter is FEVER's, counted once (13 of 14 cells).
+    total = out.stdout.split("[plan total]")[1]
+    assert "cells: 14 (14 applicable" in total and "unique knowledge adapters: 13 (13 to train" in total
+    fever = next(line for line in out.stdout.splitlines() if "train dora adapter on fever" in line)
+    assert "planned above for repllama × climate-fever × in-domain × both (counted once)" in out.stdout, fever
 
 
 def test_missing_key_is_refused_before_loading(tmp_path):

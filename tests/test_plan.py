@@ -1,33 +1,119 @@
-"""The grid plan: counts of cells, shared adapters and encodings, from config alone."""
+"""The grid plan: counts of cells, shared adapters and encodings, token-scaled estimates, from config alone."""
 
 from __future__ import annotations
 
-from readaptir.grid.plan import grid_configs, summarize
+import itertools
+import re
+
+import pytest
+
+from readaptir.grid.plan import (
+    PAPER_EXPERIMENTS,
+    describe_cell,
+    experiment_cells,
+    grid_configs,
+    main,
+    plan_cell,
+    summarize,
+)
+
+PAPER_DATASETS = [
+    "msmarco", "fever", "climate-fever", "hotpotqa", "dbpedia-entity", "nq", "quora", "webis-touche2020",
+    "trec-covid", "fiqa", "scidocs", "arguana", "scifact", "nfcorpus",
+]  # fmt: skip
 
 
-def test_full_paper_grid_plan(tmp_path, monkeypatch):
-    monkeypatch.setenv("READAPTIR_CACHE", str(tmp_path))  # empty results store: nothing done
-    text = summarize(grid_configs(["repllama", "e5-mistral"], [
-        "msmarco", "fever", "climate-fever", "hotpotqa", "dbpedia-entity", "nq", "quora", "webis-touche2020",
-        "trec-covid", "fiqa", "scidocs", "arguana", "scifact", "nfcorpus",
-    ], ["in-domain", "msmarco"], ["both", "without", "with"]))  # fmt: skip
-    lines = text.splitlines()
+@pytest.fixture(autouse=True)
+def empty_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("READAPTIR_CACHE", str(tmp_path / "cache"))  # empty results store: nothing done
+    monkeypatch.setenv("READAPTIR_DATA", str(tmp_path / "no-data"))  # plans need no data
+
+
+def _hours(line: str) -> float:
+    """The last "≈N GPU-h" of a line, in hours."""
+    value, unit = re.findall(r"≈([\d,.]+) GPU-(h|min)", line)[-1]
+    return float(value.replace(",", "")) / (60 if unit == "min" else 1)
+
+
+def test_full_paper_grid_plan():
+    cells = itertools.product(
+        ["repllama", "e5-mistral"], PAPER_DATASETS, ["in-domain", "msmarco"], ["both", "without", "with"]
+    )
+    lines = summarize(grid_configs(cells)).splitlines()
     # adapter=msmarco × ablation=with/without × 13 BeIR sets × 2 models are undefined.
     assert lines[0] == "cells: 168 (116 applicable, 52 not applicable, 0 already done)"
     # Per model: 14 datasets × 3 subsets = 42 in-domain adapters, minus Climate-FEVER's `both` (FEVER's);
     # the MS-MARCO adapter is MS-MARCO's in-domain one, shared by all 13 BeIR cells: 41 × 2 = 82.
-    assert lines[1].startswith("unique knowledge adapters: 82 ")
+    assert lines[1].startswith("unique knowledge adapters: 82 (82 to train")
     # Base embeddings once per model × dataset; readapted once per (adapter, dataset).
-    assert lines[2].startswith("unique corpus encodings: 138 (28 base, 110 readapted;")
-    assert "GPU-hours" in lines[3]
+    assert lines[2].startswith("unique corpus encodings: 138 (28 base, 110 readapted; 138 to build;")
+    assert _hours(lines[3]) == pytest.approx(_hours(lines[1]) + _hours(lines[2]), rel=0.01)
 
 
-def test_packed_batching_cuts_the_estimate(tmp_path, monkeypatch):
-    monkeypatch.setenv("READAPTIR_CACHE", str(tmp_path))
+def test_paper_tables_are_the_experiments_cells():
+    n = {e: len(experiment_cells(e)) for e in PAPER_EXPERIMENTS}
+    assert n == {"table1": 28, "table2": 24, "table3": 52}
+    assert experiment_cells("figure2") == experiment_cells("table1")
+    paper = set().union(*(experiment_cells(e) for e in PAPER_EXPERIMENTS))
+    # Table 2's `both` cells and Table 3's in-domain cells are Table 1's.
+    assert len(paper) == 28 + 16 + 26
 
+
+def test_make_plan_headline_is_the_paper_then_the_full_product(capsys):
+    main([])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("The paper's Tables 1–3 and Figure 2")
+    assert out[1].strip() == "cells: 70 (70 applicable, 0 not applicable, 0 already done)"
+    # 26 in-domain `both` adapters (FEVER's serves Climate-FEVER) + 16 Table-2 subsets; MS-MARCO's is Table 1's.
+    assert out[2].strip().startswith("unique knowledge adapters: 42 (42 to train")
+    paper_total = _hours(out[4])
+    full = next(line for line in out if line.startswith("Full product"))
+    assert "168 cells, 116 applicable" in full and _hours(full) > 1.5 * paper_total > 1000
+
+
+def test_packed_batching_cuts_the_estimate():
     def hours(*overrides):
-        cfgs = grid_configs(["repllama"], ["scifact", "fiqa"], ["in-domain"], ["both"], list(overrides))
-        line = summarize(cfgs).splitlines()[1]
-        return float(line.split("≈")[2].split(" GPU-hours")[0].replace(",", ""))
+        cells = [("repllama", d, "in-domain", "both") for d in ("scifact", "fiqa")]
+        return _hours(summarize(grid_configs(cells, overrides)).splitlines()[1])
 
     assert hours("train.batching=packed") < hours() / 5
+
+
+def _cell(*coords, overrides=()):
+    return next(iter(grid_configs([coords], overrides)))
+
+
+def test_ablation_subsets_are_sized_from_the_judged_passages():
+    both, without, with_ = (
+        plan_cell(_cell("repllama", "scifact", "in-domain", a)).train for a in ("both", "without", "with")
+    )
+    # SciFact ships 283 judged-relevant test passages among its 5,183 (conf/dataset/scifact.yaml).
+    assert (both.passages, without.passages, with_.passages) == (5183, 5183 - 283, 283)
+    assert without.tokens + with_.tokens == pytest.approx(both.tokens, abs=2)
+    # Climate-FEVER's subsets filter FEVER's corpus by Climate-FEVER's own qrels.
+    cf = plan_cell(_cell("repllama", "climate-fever", "in-domain", "with")).train
+    assert cf.passages == _cell("repllama", "climate-fever", "in-domain", "with").dataset.judged_passages
+
+
+def test_estimates_scale_with_tokens_not_passages():
+    quora = plan_cell(_cell("repllama", "quora", "in-domain", "both"))  # ≈ 11 words per passage
+    touche = plan_cell(_cell("repllama", "webis-touche2020", "in-domain", "both"))  # ≈ 292
+    per_passage = [p.hours("adapter") / p.train.passages for p in (quora, touche)]
+    per_token = [p.hours("adapter") / p.train.tokens for p in (quora, touche)]
+    assert per_passage[1] > 10 * per_passage[0]
+    assert per_token[0] == pytest.approx(per_token[1])
+    # Encoding is priced too, for the base retriever as for the readapted one, truncated at 512 tokens.
+    assert quora.hours("base_index") == quora.hours("ra_index") > 0
+    short = plan_cell(
+        _cell("repllama", "webis-touche2020", "in-domain", "both", overrides=["model.passage_max_len=64"])
+    )
+    assert short.encode.tokens == 64 * short.encode.passages
+
+
+def test_cell_plan_marks_products_an_earlier_cell_plans():
+    fever = plan_cell(_cell("repllama", "fever", "in-domain", "both"))
+    text = describe_cell(_cell("repllama", "climate-fever", "in-domain", "both"), [fever])
+    adapter = next(line for line in text.splitlines() if "train dora adapter on fever" in line)
+    assert "planned above for repllama × fever × in-domain × both (counted once)" in adapter
+    alone = describe_cell(_cell("repllama", "climate-fever", "in-domain", "both"))
+    assert "GPU-h" in next(line for line in alone.splitlines() if "train dora adapter" in line)

@@ -63,3 +63,19 @@ def test_bad_backend(tmp_path):
 def test_auto_backend_streams_corpora_too_big_for_faiss():
     assert auto_backend((5183, 4096), 32) == "faiss"
     assert auto_backend((8_841_823, 4096), 32) == "stream"  # MS-MARCO: 135 GiB as float32
+
+
+def test_without_faiss_auto_streams_and_faiss_is_a_clear_error(tmp_path, monkeypatch):
+    """FAISS is an extra: a core install searches by streaming, and asking for faiss names the fix."""
+    import sys
+
+    from readaptir.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss → ImportError
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "faiss" else object())
+    assert auto_backend((5183, 4096), 32) == "stream"
+    corpus, m = _corpus(tmp_path)
+    qids = [f"q{i}" for i in range(4)]
+    assert search(qids, m[:4], corpus, top_k=5, backend="auto")  # streams
+    with pytest.raises(UserError, match=r"pip install 'readaptir\[cpu\]'"):
+        search(qids, m[:4], corpus, top_k=5, backend="faiss")

@@ -3,7 +3,8 @@
 Fixture results under tests/fixtures/results/ (one JSON per cell, as the pipeline writes them):
 repllama msmarco/fever/scifact and e5-mistral msmarco/scifact at the default selection; e5-mistral
 fever only at α=1.0 (so it is missing at the default); Table 2 and Table 3 cells for repllama scifact
-(and fever for Table 3); one not_applicable cell; one unreadable file (repllama/broken.json).
+(and fever for Table 3); one not_applicable cell; one unreadable file (repllama/broken.json); BM25 and
+MiniLM baselines (base model only) on scifact.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from readaptir.report import paper
@@ -105,7 +107,9 @@ def test_rendered_paper_columns_show_the_stated_averages(results, meta):
 def test_load_skips_not_applicable_and_names_unreadable_files(caplog):
     with caplog.at_level(logging.WARNING, logger="readaptir.report.results"):
         res = load_results(FIXTURES)
-    assert len(res) == 10  # 12 files: one not_applicable, one broken
+    assert len(res) == 12  # 14 files: one not_applicable, one broken
+    assert res.baseline("bm25", "scifact").score("base", "NDCG@10") == pytest.approx(68.63)
+    assert res.baseline("bm25", "fever") is None
     assert res.get("repllama", "scifact", "msmarco", "with", Selection()) is None
     assert "broken.json" in caplog.text and "unreadable" in caplog.text
     na = json.loads((FIXTURES / "repllama/scifact/msmarco-with-a0.5-b1.0-delta.json").read_text())
@@ -121,26 +125,28 @@ def test_cell_text_rounds_like_a_printed_table():
 TABLE1_GOLDEN = """\
 **Table 1.** RE-AdaptIR (RA) vs the base retriever, adapter=in-domain, ablation=both; NDCG@10 × 100; α=0.5, β=1.0, knowledge_scaling=delta; models: repllama, e5-mistral; paper: Fleshman & Van Durme (2024).
 
-| Dataset | RepLLaMA Base | RepLLaMA RA | RepLLaMA RA−Base | RepLLaMA paper Base | RepLLaMA paper RA | RepLLaMA paper RA−Base | e5-Mistral Base | e5-Mistral RA | e5-Mistral RA−Base | e5-Mistral paper Base | e5-Mistral paper RA | e5-Mistral paper RA−Base |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| msmarco | 46.5 | 46.1 | -0.4 | 46.5 | 46.1 | -0.4 | 36.5 | 40.1† | +3.6 | 36.5 | 40.1 | +3.6 |
-| fever | 84.1 | 83.8 | -0.3 | 84.0 | 83.8 | -0.2 | — | — | — | 85.1 | 87.7 | +2.6 |
-| scifact | 74.5 | 76.4† | +1.9 | 74.5 | 76.3 | +1.8 | 71.4 | 73.3 | +1.9 | 71.4 | 73.3 | +1.9 |
-| Average | 68.4 | 68.8 | +0.4 | 68.3 | 68.7 | +0.4 | — | — | — | 64.3 | 67.0 | +2.7 |
-| Average zero-shot | 79.3 | 80.1 | +0.8 | 79.3 | 80.1 | +0.8 | 71.4 | 73.3 | +1.9 | 71.4 | 73.3 | +1.9 |
+| Dataset | Baselines BM25 | Baselines MiniLM | RepLLaMA Base | RepLLaMA RA | RepLLaMA RA−Base | RepLLaMA paper Base | RepLLaMA paper RA | RepLLaMA paper RA−Base | e5-Mistral Base | e5-Mistral RA | e5-Mistral RA−Base | e5-Mistral paper Base | e5-Mistral paper RA | e5-Mistral paper RA−Base |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| MS MARCO | — | — | 46.5 | 46.1 | -0.4 | 46.5 | 46.1 | -0.4 | 36.5 | 40.1† | +3.6 | 36.5 | 40.1 | +3.6 |
+| FEVER | — | — | 84.1 | 83.8 | -0.3 | 84.0 | 83.8 | -0.2 | — | — | — | 85.1 | 87.7 | +2.6 |
+| SciFact | 68.6 | 64.5 | 74.5 | 76.4† | +1.9 | 74.5 | 76.3 | +1.8 | 71.4 | 73.3 | +1.9 | 71.4 | 73.3 | +1.9 |
+| Average | — | — | 68.4 | 68.8 | +0.4 | 68.3 | 68.7 | +0.4 | — | — | — | 64.3 | 67.0 | +2.7 |
+| Average zero-shot | — | — | 79.3 | 80.1 | +0.8 | 79.3 | 80.1 | +0.8 | 71.4 | 73.3 | +1.9 | 71.4 | 73.3 | +1.9 |
 
 - † RA differs significantly from Base (paired test on per-query NDCG@10, p < 0.05).
 - — no result for this cell at this selection (not run, not applicable, or failed).
 - Deltas are computed from unrounded scores, so they can differ by 0.1 from the rounded columns.
-- Average zero-shot leaves out the datasets each model saw in training (seen_by): RepLLaMA: msmarco; e5-Mistral: msmarco, fever.
+- Average zero-shot leaves out the datasets each model saw in training (seen_by): BM25: none; MiniLM: MS MARCO; RepLLaMA: MS MARCO; e5-Mistral: MS MARCO, FEVER.
 - An average is shown only when every dataset it covers has a result.
+- Baselines (BM25, MiniLM): the base model only; RE-Adapt does not apply to them.
 """
 
 
 def test_table1_markdown_golden(results, meta):
     # By hand: RepLLaMA Average = mean(46.5, 84.1, 74.5) = 68.37; zero-shot (fever, scifact) = 79.3 / 80.1;
     # e5-Mistral fever exists only at α=1.0, so its Average is "—" while its zero-shot (scifact only) is shown;
-    # daggers: repllama scifact p=0.03, e5 msmarco p=0.001 (e5 scifact p=0.08 gets none).
+    # daggers: repllama scifact p=0.03, e5 msmarco p=0.001 (e5 scifact p=0.08 gets none). The baselines
+    # (scifact only) come first; their averages need every dataset.
     md = render_table1_markdown(results, datasets=["msmarco", "fever", "scifact"], meta=meta)
     assert md == TABLE1_GOLDEN
 
@@ -173,17 +179,18 @@ def test_table2_and_table3_cells(results):
     assert _row(table3(results), "Average")["RepLLaMA RA_ms−Base"] == "—"  # 11 of 13 missing
 
 
-def _write(root: Path, model: str, dataset: str, base: float, ra: float, **extra) -> None:
-    cell = {"model": model, "dataset": dataset, "adapter": "in-domain", "ablation": "both", "alpha": 0.5,
+def _write(root: Path, model: str, dataset: str, base: float, ra: float | None, name: str = "in-domain-both",
+           adapter: str = "in-domain", ablation: str = "both", **extra) -> None:  # fmt: skip
+    cell = {"model": model, "dataset": dataset, "adapter": adapter, "ablation": ablation, "alpha": 0.5,
             "beta": 1.0, "knowledge_scaling": "delta"}  # fmt: skip
     record = {
         "cell": cell,
         "status": "done",
         "base": {"NDCG@10": base},
-        "readapted": {"NDCG@10": ra},
+        "readapted": {} if ra is None else {"NDCG@10": ra},
         **extra,
     }
-    path = root / model / dataset / "in-domain-both-a0.5-b1.0-delta.json"
+    path = root / model / dataset / f"{name}-a0.5-b1.0-delta.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
@@ -243,13 +250,127 @@ def test_cli_writes_all_formats_atomically(tmp_path, capsys):
     assert (out / "table1.md").read_text() == TABLE1_GOLDEN
     tex = (out / "table1.tex").read_text()
     assert r"\toprule" in tex and r"\multicolumn{6}{c}{RepLLaMA}" in tex and r"76.4$^\dagger$" in tex
-    assert r"$-$0.4" in tex and "Average zero-shot & 79.3 & 80.1" in tex
+    assert r"$-$0.4" in tex and "Average zero-shot & -- & -- & 79.3 & 80.1" in tex
     rows = list(csv.reader((out / "table1.csv").open()))
-    assert rows[0][:4] == ["Dataset", "RepLLaMA Base", "RepLLaMA RA", "RepLLaMA RA p"]
-    assert rows[3][:5] == ["scifact", "74.5000", "76.4000", "0.03", "1.9000"]
-    assert rows[2][8:12] == ["", "", "", ""]  # e5-Mistral fever missing: empty, not a number
+    assert rows[0][:6] == ["Dataset", "Baselines BM25", "Baselines MiniLM", "RepLLaMA Base", "RepLLaMA RA",
+                           "RepLLaMA RA p"]  # fmt: skip
+    assert rows[0][6] == "RepLLaMA RA-Base" and all(h.isascii() for h in rows[0])  # ASCII headers
+    assert rows[3][:7] == ["scifact", "68.6300", "64.5080", "74.5000", "76.4000", "0.03", "1.9000"]
+    assert rows[2][10:14] == ["", "", "", ""]  # e5-Mistral fever missing: empty, not a number
 
 
 def test_cli_rejects_unknown_table(tmp_path):
     with pytest.raises(SystemExit):
         main(["table9", "--results-dir", str(FIXTURES), "--out", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------------- paper-ready LaTeX
+def _full_results(root: Path) -> Path:
+    """Every cell of Tables 1–3 plus both baselines, with significant (widest: "†") numbers."""
+    import random
+
+    rng = random.Random(0)
+    for m in paper.MODELS:
+        for d in paper.DATASETS:
+            b = rng.uniform(0.1, 0.9)  # one base retriever per model × dataset
+            for adapter, ablation in [("in-domain", a) for a in paper.ABLATIONS] + [("msmarco", "both")]:
+                _write(root, m, d, b, b + rng.uniform(-0.05, 0.05), significance={"metric": "NDCG@10", "p_value": 0.01},
+                       name=f"{adapter}-{ablation}", adapter=adapter, ablation=ablation)  # fmt: skip
+    for b in paper.BASELINES:
+        for d in paper.DATASETS:
+            _write(root, b, d, rng.uniform(0.1, 0.9), None, readapt=False, name="baseline")
+    return root
+
+
+def test_latex_is_a_paper_float(tmp_path, meta):
+    res = load_results(_full_results(tmp_path / "res"))
+    t1 = table1(res, meta=meta)
+    tex = t1.latex()
+    assert tex.count(r"\begin{table*}") == 1 and r"\resizebox{" in tex  # 15 columns: full width
+    assert r"\label{tab:table1}" in tex and r"\end{table*}" in tex
+    caption = next(line for line in tex.splitlines() if line.startswith(r"\caption{"))
+    assert "Table 1" not in caption and "**" not in caption and "adapter=" not in caption  # LaTeX numbers it
+    rows = [line.split(" & ")[0] for line in tex.splitlines() if " & " in line]
+    assert {"MS MARCO", "Touch\\'e-2020", "SciFact", "DBPedia"} <= set(rows) and "msmarco" not in rows
+    assert "Baselines" in tex and "BM25" in tex and "MiniLM" in tex
+    assert "Touché-2020" in t1.markdown() and "webis-touche2020" in t1.csv()  # the CSV keeps the ids
+
+
+def test_latex_compiles_in_a_two_column_paper(tmp_path, meta):
+    """All three tables typeset in a two-column article without errors or overfull lines."""
+    import shutil
+    import subprocess
+
+    engine = shutil.which("pdflatex") or shutil.which("lualatex") or shutil.which("xelatex")
+    if engine is None:
+        pytest.skip("no LaTeX engine installed (pdflatex, lualatex or xelatex)")
+    res = load_results(_full_results(tmp_path / "res"))
+    for name in ("table1", "table2", "table3"):
+        render(name, res, tmp_path, meta=meta)
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass[twocolumn]{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs,graphicx}\n"
+        "\\begin{document}\nSee Tables~\\ref{tab:table1}, \\ref{tab:table2} and~\\ref{tab:table3}.\n"
+        "\\input{table1.tex}\n\\input{table2.tex}\n\\input{table3.tex}\n\\end{document}\n"
+    )
+    out = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert (tmp_path / "paper.pdf").is_file() and "Overfull \\hbox" not in log, log[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------- Figure 2
+def _figure_boxes(fig):
+    """Per panel: label text boxes (without leader lines), marker boxes, the legend's and the panel's."""
+    from matplotlib.text import Text
+
+    from readaptir.report.labels import marker_boxes
+
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        yield (
+            ax,
+            [Text.get_window_extent(t, r) for t in ax.texts],
+            marker_boxes(ax),
+            legend and legend.get_window_extent(r),
+            ax.get_window_extent(r),
+        )
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_figure2_labels_never_overlap_labels_markers_or_legends(tmp_path, meta, dense):
+    """Checked on the figure's own bounding boxes: fixture results (sparse) and every Table 1 cell (dense)."""
+    from readaptir.report.figure import correlations, draw_figure2, figure2_points
+
+    res = load_results(_full_results(tmp_path / "res")) if dense else load_results(FIXTURES)
+    points = figure2_points(res, meta=meta)
+    fig = draw_figure2(points, correlations(points, paper.MODELS), paper.MODELS)
+    assert (
+        "RE-AdaptIR" in fig._suptitle.get_text() and "=" not in fig._suptitle.get_text()
+    )  # no config jargon
+    for ax, labels, markers, legend, frame in _figure_boxes(fig):
+        assert (
+            len(labels)
+            == len(markers)
+            == sum(1 for p in points if p.source == ("paper" if "Paper" in ax.get_title() else "ours"))
+        )
+        for i, a in enumerate(labels):
+            assert frame.contains(a.x0, a.y0) and frame.contains(a.x1, a.y1), ax.texts[i].get_text()
+            assert not any(a.overlaps(b) for b in labels[i + 1 :]), ax.texts[i].get_text()
+            assert not any(a.overlaps(m) for m in markers), ax.texts[i].get_text()
+        assert legend is not None and not legend.overlaps(frame)  # below the panel: it can cover no point
+        centres = np.array([((m.x0 + m.x1) / 2, (m.y0 + m.y1) / 2) for m in markers])
+        radius = (markers[0].x1 - markers[0].x0) / 2
+        gaps = [np.hypot(*(centres[i] - centres[j])) for i in range(len(centres)) for j in range(i)]
+        assert min(gaps) >= radius  # coincident points are spread: every marker shows at least half
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_figure2_writes_png_and_pdf(tmp_path):
+    render("figure2", FIXTURES, tmp_path)
+    assert (tmp_path / "figure2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "figure2.pdf").read_bytes()[:5] == b"%PDF-"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from readaptir.data.beir import RESOURCES
 from readaptir.grid.keys import tokens_key
 from readaptir.store.artifacts import ArtifactStore
 from readaptir.tracking import resolve_mode, start_tracker
@@ -54,6 +55,19 @@ def test_backend_none_is_a_noop(tmp_path):
     assert not t.active and not (tmp_path / "wb").exists()
     with pytest.raises(ValueError, match="backend"):
         start_tracker({"backend": "mlflow"}, CELL, "n", None, "train")
+
+
+def test_backend_auto_tracks_only_when_wandb_is_installed(tmp_path, monkeypatch):
+    from readaptir.errors import UserError
+
+    settings = {"backend": "auto", "mode": "offline", "dir": str(tmp_path / "wb")}
+    t = start_tracker(settings, CELL, "n", None, "cell")
+    assert t.enabled and t.active  # wandb is a dev dependency: auto tracks
+    t.finish()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "wandb" else object())
+    assert not start_tracker(settings, CELL, "n", None, "cell").enabled  # the wandb extra is not installed
+    with pytest.raises(UserError, match=r"pip install 'readaptir\[wandb\]'"):
+        start_tracker({**settings, "backend": "wandb"}, CELL, "n", None, "cell")
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +145,78 @@ def test_training_survives_wandb_raising(tmp_path, tiny_llama, toy_cache, monkey
         tracker=tracker,
     )
     assert (tmp_path / "out2" / "adapter_config.json").is_file()
+
+
+def _offline_run(wandb_dir) -> dict:
+    """State, config and summary of the one offline run under ``wandb_dir``, as W&B's own reader replays it."""
+    import json
+    import subprocess
+    import sys
+
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(runs[0])],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    if out.returncode != 0:
+        pytest.skip(f"this wandb cannot replay offline runs (wandb leet inspect): {out.stderr[-300:]}")
+    return json.loads(out.stdout)
+
+
+def _cell_config(*overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from readaptir.config import CONF_DIR, CellConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = CellConfig.from_hydra(compose(config_name="config", overrides=list(overrides)))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.mark.slow
+def test_finished_cell_run_summary_equals_results_json(tmp_path):
+    """A cell's W&B run says what its results.json says: training stats (not the last log window),
+    metrics, and the coordinates Figure 2 and dashboards need."""
+    import json
+
+    from readaptir.grid.cell import run_cell
+
+    cfg = _cell_config(f"paths.cache_dir={tmp_path / 'cache'}", "tracking.backend=wandb", "tracking.mode=offline",
+                       f"tracking.dir={tmp_path / 'wb'}", "train.max_passages=40", "train.log_every=3",
+                       "search.top_k=50")  # fmt: skip
+    run_cell(cfg, tmp_path / "job")
+    res = json.loads((tmp_path / "job" / "results.json").read_text())
+    run = _offline_run(tmp_path / "wb")
+    summary, config = run["summary"], run["config"]
+    assert run["state"] == "finished" and res["train"]["steps"] > 3  # several log windows
+    for k, v in res["train"].items():
+        assert summary[f"train/{k}"] == v, k
+    for part in ("base", "readapted", "delta"):
+        assert {k: summary[f"{part}/{k}"] for k in res[part]} == res[part]
+    assert (
+        summary["status"] == res["status"] == "done" and summary["p_value"] == res["significance"]["p_value"]
+    )
+    for k in ("corpus_size", "zero_shot", "seed", "git_commit", "versions"):
+        assert config[k] == res[k], k
+    assert res["versions"]["torch"] and res["corpus_size"] == 240 and res["seed"] == 0
+    assert config["recipe"]["corpus"] == "toy" and config["alpha"] == 0.5  # resolved, α/β coordinates
+    assert "-a0.5-b1-" in run["name"] and "window_passages_per_s" in json.dumps(run)  # curves stay in history
+
+
+@pytest.mark.slow
+def test_baseline_run_has_no_adapter_coordinates(tmp_path, monkeypatch):
+    import shutil
+
+    from readaptir.grid.cell import run_cell
+
+    data = tmp_path / "data"
+    shutil.copytree(RESOURCES / "toy", data / "scifact")
+    cfg = _cell_config("model=bm25", "dataset=scifact", f"paths.data_dir={data}", f"paths.cache_dir={tmp_path / 'c'}",
+                       "tracking.mode=offline", f"tracking.dir={tmp_path / 'wb'}")  # fmt: skip
+    run_cell(cfg, tmp_path / "job")
+    run = _offline_run(tmp_path / "wb")
+    assert run["config"]["model"] == "bm25" and run["config"]["readapt"] is False
+    assert not {"adapter", "ablation", "alpha", "beta", "recipe"} & set(run["config"])
+    assert run["name"] == "bm25/scifact/baseline" and run["summary"]["status"] == "done"

@@ -25,6 +25,7 @@ from readaptir.evaluate import paired_test
 from readaptir.grid import stages
 from readaptir.grid.keys import CellInputs, cell_keys
 from readaptir.grid.record import CellRecord
+from readaptir.logs import ProgressLog, quiet_libraries
 from readaptir.models.hub import resolve_models
 from readaptir.runtime import Runtime, dist_state, distributed
 from readaptir.store.artifacts import ArtifactStore
@@ -33,21 +34,19 @@ from readaptir.tracking import Tracker, start_tracker
 log = logging.getLogger(__name__)
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-# Per-metric INFO lines of these libraries drown the cell summary.
-NOISY_LOGGERS = ("beir", "sentence_transformers", "httpx", "faiss", "bm25s")
 
 
 def run(cfg: Any) -> CellRecord | None:
     """Run (or, with ``run.plan=true``, describe) the cell of a composed Hydra config."""
     spec = CellConfig.from_hydra(cfg)
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     if spec.run.plan:
-        from readaptir.grid.plan import describe_cell
+        from readaptir.grid.plan import describe_in_sweep
 
-        print(describe_cell(spec))
+        print(describe_in_sweep(spec))
         return None
-    return run_cell(spec, job_dir(spec))
+    with ProgressLog(spec.run.progress_every_s):  # run.log shows progress during long stages
+        return run_cell(spec, job_dir(spec))
 
 
 def job_dir(cfg: CellConfig) -> Path:
@@ -119,7 +118,9 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
     finally:
         tracker.finish()
     if runtime.main:
-        print(record.summary(results_path))
+        log.info("Cell finished:\n%s", record.summary(results_path))  # the terminal and run.log
+        if cfg.readapt.push_to_hub and "readapted" in keys:  # opt-in, after the results are safe
+            stages.push_readapted(cfg, store, keys, folders, record.model_dump(), runtime)
     return record
 
 
@@ -144,20 +145,28 @@ def _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, trac
 
 
 def _tracker(cfg: CellConfig, record: CellRecord, runtime: Runtime) -> Tracker:
-    """One W&B run per cell (main process only), its config flat so dashboards can group by any coordinate."""
+    """One W&B run per cell (main process only), its config flat so dashboards can group by any coordinate.
+
+    A baseline (RE-Adapt does not apply) carries no adapter/ablation/α coordinates, so ablation filters
+    never pick it up; groups hold every coordinate of the cell, α and β included.
+    """
     c = record.cell
+    coords = c.model_dump() if record.readapt else {"model": c.model, "dataset": c.dataset}
+    config = {
+        **coords, "demo": record.demo, "corpus_size": record.corpus_size, "zero_shot": record.zero_shot,
+        "readapt": record.readapt, "seed": record.seed, "run_seed": cfg.run.seed,
+        "git_commit": record.git_commit, "versions": record.versions,
+        "model_spec": cfg.model.model_dump(exclude_none=True),
+    }  # fmt: skip
+    if record.readapt:
+        config.update(adapter_corpus=cfg.adapter.corpus, recipe=cfg.adapter.model_dump(),
+                      train=cfg.train.model_dump(), readapt_settings=cfg.readapt.model_dump())  # fmt: skip
     return start_tracker(
         cfg.tracking if runtime.main else None,
-        {
-            **c.model_dump(),
-            "demo": record.demo,
-            "adapter_corpus": cfg.adapter.corpus,
-            "train": cfg.train.model_dump(),
-            "recipe": cfg.adapter.model_dump(),
-        },  # fmt: skip
-        name=f"{c.model}/{c.dataset}/{c.name}",
-        group=f"{c.model}/{c.adapter}-{c.ablation}",
-        job_type="cell",
+        config,
+        name=f"{c.model}/{c.dataset}/{c.name if record.readapt else 'baseline'}",
+        group=f"{c.model}/{c.name if record.readapt else 'baseline'}",
+        job_type="cell" if record.readapt else "baseline",
     )
 
 
@@ -165,7 +174,12 @@ def _track_results(tracker: Tracker, record: CellRecord) -> None:
     def flat(d: dict, prefix: str) -> dict[str, Any]:
         return {f"{prefix}/{k}": v for k, v in d.items() if isinstance(v, (int, float))}
 
-    tracker.summary({**flat(record.base, "base"), **flat(record.readapted, "readapted"),
-                     **flat(record.delta, "delta"), "p_value": record.significance.get("p_value")})  # fmt: skip
+    summary = {**flat(record.base, "base"), **flat(record.readapted, "readapted"), **flat(record.delta, "delta"),
+               "status": record.status, "corpus_size": record.corpus_size, "zero_shot": record.zero_shot}  # fmt: skip
+    if record.significance:
+        summary["p_value"] = record.significance.get("p_value")
+    if record.train:  # the run's training stats, also set by training itself: the same numbers
+        summary.update({f"train/{k}": v for k, v in record.train.items()})
+    tracker.summary(summary)
     rows = [[k, record.base.get(k), record.readapted.get(k), record.delta.get(k)] for k in record.base]
     tracker.table("cell_metrics", ["metric", "base", "readapted", "delta"], rows)

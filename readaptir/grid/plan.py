@@ -1,34 +1,45 @@
-"""What a cell or a whole grid would compute, and roughly what it costs, without loading anything.
+"""What a cell, a sweep or the paper's grid would compute, and roughly what it costs, loading nothing.
 
-Per cell (``python run.py -m model=repllama 'dataset=glob(*)' run.plan=true``): the products the cell
-needs, by the same keys a run computes (:func:`readaptir.grid.keys.cell_keys`), which of them are already
-in the store, and GPU-hour estimates from corpus sizes and the throughputs in ``estimates:``. For a grid
-(``make plan`` = ``python -m readaptir.grid.plan``): cells, unique knowledge adapters and corpus
-encodings (counted by key, so the MS-MARCO adapter shared by 13 BeIR cells, and FEVER's shared with
-Climate-FEVER, count once), and the totals. Neither loads a model or touches the network.
+Per cell (``readaptir model=repllama dataset=scifact run.plan=true``): the products the cell needs, by the
+same keys a run computes (:func:`readaptir.grid.keys.cell_keys`), which of them the store already has, and
+GPU-hour estimates. A sweep (``readaptir -m ... run.plan=true``) marks products an earlier cell of the
+sweep already plans (FEVER's adapter under Climate-FEVER, the MS-MARCO adapter under 13 BeIR cells) and
+ends with the total over unique products. ``make plan`` (``python -m readaptir.grid.plan``) prices the
+cells of the paper's Tables 1–3 (Figure 2 uses Table 1's), as ``conf/experiment/table{1,2,3}.yaml``
+sweep them, then the full product of the config groups on a line of its own.
 
-    python -m readaptir.grid.plan                                 # the paper's full 168-cell grid
+Estimates need no data: token counts and judged-relevant passages per dataset ship in
+``conf/dataset/*.yaml`` (``corpus_tokens``, ``judged_passages``, with their sources). Work is tokens,
+capped per passage at the truncation lengths (``train.max_tokens``, ``model.passage_max_len``), over the
+throughputs in ``estimates:`` (passages/s measured at ``tokens_per_passage`` tokens per passage).
+
+    python -m readaptir.grid.plan                       # Tables 1–3, then the full 168-cell product
     python -m readaptir.grid.plan --models repllama --datasets scifact,nfcorpus --adapters in-domain
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from readaptir.config import CellConfig
+from readaptir.config import CONF_DIR, CellConfig
 from readaptir.grid.keys import CellInputs, cell_products, resolve
 from readaptir.grid.record import CellCoords
+from readaptir.grid.workload import Work, encode_work, train_work
 from readaptir.runtime import Runtime
 from readaptir.store.artifacts import ArtifactStore
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 PAPER_MODELS = ["repllama", "e5-mistral"]
 ADAPTERS = ["in-domain", "msmarco"]
 ABLATIONS = ["both", "without", "with"]
+PAPER_EXPERIMENTS = ("table1", "table2", "table3")
+GROUPS = ("model", "dataset", "adapter", "ablation")
+# Every cell planned in this process, in order: a sweep's plan marks what an earlier cell already needs
+# and ends with the total over them (readaptir.cli prints it).
+PLANNED: list[CellPlan] = []
 
 
 @dataclass(frozen=True)
@@ -39,20 +50,41 @@ class CellPlan:
     keys: dict[str, str]
     stored: frozenset[str]  # node names that are folders in the store (the others are keys only)
     missing: frozenset[str]  # node names whose product the store lacks
-    train_passages: int
+    train: Work  # the knowledge adapter's training (× epochs)
+    encode: Work  # one corpus encoding of the evaluated dataset
     done: bool
 
+    @property
+    def label(self) -> str:
+        c = CellCoords.of(self.cfg)
+        return f"{c.model} × {c.dataset} × {c.adapter} × {c.ablation}"
 
-def _corpus_size(name: str, cfg: CellConfig) -> int:
-    if name == cfg.dataset.name:
-        return cfg.dataset.corpus_size
-    from omegaconf import OmegaConf
+    def hours(self, node: str) -> float:
+        """Estimated GPU-hours of one product of the cell (0 for keys and CPU-only baselines)."""
+        if node == "adapter":
+            return gpu_hours(self.cfg, self.train.tokens, 0)[0]
+        if node in ("base_index", "ra_index") and self.cfg.model.kind == "dense":
+            return gpu_hours(self.cfg, 0, self.encode.tokens)[1]
+        return 0.0
 
-    return int(OmegaConf.load(CONF / "dataset" / f"{name}.yaml").corpus_size)
+
+def rates(cfg: CellConfig) -> tuple[float, float]:
+    """``(training, encoding)`` tokens/s: ``estimates:``' passages/s × the tokens per passage behind them."""
+    est = cfg.estimates
+    per = float(est.get("tokens_per_passage", 78))
+    return float(est["train_passages_per_s"][cfg.train.batching]) * per, float(
+        est["encode_passages_per_s"]
+    ) * per
+
+
+def gpu_hours(cfg: CellConfig, train_tokens: int, encode_tokens: int) -> tuple[float, float]:
+    """``(training, encoding)`` GPU-hours of that many tokens at the throughputs in ``estimates:``."""
+    train_rate, encode_rate = rates(cfg)
+    return train_tokens / train_rate / 3600, encode_tokens / encode_rate / 3600
 
 
 def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
-    """The cell's keys (as a run computes them) and which products are missing."""
+    """The cell's keys (as a run computes them), which products are missing, and its workloads."""
     store = store or ArtifactStore(cfg.paths.cache_dir)
     inputs = CellInputs.of(cfg)
     applicable = inputs.subset.applicable or not cfg.model.readapt
@@ -64,101 +96,171 @@ def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
     keys = resolve(products)
     stored = frozenset(n for n, p in products.items() if p.stored)
     missing = frozenset(n for n in stored if not store.is_done(keys[n]))
-    train_n = 0
-    if "adapter" in keys:
-        # `with` keeps only judged-relevant passages: ~ the number of qrels, small next to the corpus.
-        size = _corpus_size(inputs.subset.corpus, cfg)
-        train_n = {"both": size, "without": size, "with": 0}[inputs.subset.subset]
-        if cfg.train.max_passages:
-            train_n = min(train_n, cfg.train.max_passages)
-        train_n *= cfg.train.epochs
+    train = train_work(cfg, inputs) if "adapter" in keys else Work()
     done = CellCoords.of(cfg).store_path(cfg.paths.results_dir).is_file()
-    return CellPlan(cfg, applicable, inputs.subset.reason, keys, stored, missing, train_n, done)
+    return CellPlan(
+        cfg, applicable, inputs.subset.reason, keys, stored, missing, train, encode_work(cfg), done
+    )
 
 
-def gpu_hours(cfg: CellConfig, train_passages: int, encode_passages: int) -> tuple[float, float]:
-    est = cfg.estimates
-    train_rate = float(est["train_passages_per_s"][cfg.train.batching])
-    return train_passages / train_rate / 3600, encode_passages / float(est["encode_passages_per_s"]) / 3600
+def fmt_hours(h: float) -> str:
+    if h >= 9.95:
+        return f"≈{h:,.0f} GPU-h"
+    return f"≈{h:.1f} GPU-h" if h >= 0.095 else f"≈{h * 60:.0f} GPU-min" if h >= 1 / 120 else "<1 GPU-min"
 
 
-def describe_cell(cfg: CellConfig) -> str:
+def _step(p: CellPlan, node: str, what: str, work: Work, earlier: dict[str, str]) -> str:
+    text = f"{what}: {work.passages:,} passages, ≈{work.tokens / 1e6:,.1f}M tokens"
+    owner = earlier.get(p.keys[node])
+    if owner:
+        return f"{text}; planned above for {owner} (counted once)"
+    kind = p.cfg.model.kind
+    return f"{text}, " + (
+        fmt_hours(p.hours(node)) if kind == "dense" else f"no GPU estimate for a {kind} model"
+    )
+
+
+def describe_cell(cfg: CellConfig, earlier: Sequence[CellPlan] = ()) -> str:
+    """What the cell would build; products an ``earlier`` cell plans are marked, not priced again."""
     p = plan_cell(cfg)
-    c = CellCoords.of(cfg)
-    head = f"[plan] {c.model} × {c.dataset} × {c.adapter} × {c.ablation}"
+    owner: dict[str, str] = {}
+    for q in earlier:
+        for node in q.missing:
+            owner.setdefault(q.keys[node], q.label)
+    head = f"[plan] {p.label}"
     if not p.applicable:
         return f"{head}: not applicable ({p.reason})"
     if p.done:
-        return f"{head}: done ({c.store_path(cfg.paths.results_dir)})"
-    size = cfg.dataset.corpus_size
-    steps = []
+        return f"{head}: done ({CellCoords.of(cfg).store_path(cfg.paths.results_dir)})"
+    c, steps = CellCoords.of(cfg), []
     if "adapter" in p.missing:
-        th = gpu_hours(cfg, p.train_passages, 0)[0]
-        steps.append(f"train {cfg.adapter.method} adapter on {cfg.adapter.corpus} ({cfg.ablation.name}, "
-                     f"≈{p.train_passages:,} passages, {cfg.train.batching} batching, ≈{th:.1f} GPU-h)")  # fmt: skip
-    eh = gpu_hours(cfg, 0, size)[1]
-    for name, what in (("base_index", "base"), ("ra_index", f"readapted (α={c.alpha:g} β={c.beta:g})")):
-        if name in p.missing:
-            steps.append(f"encode {what} corpus ({size:,} passages, ≈{eh:.1f} GPU-h)")
+        what = f"train {cfg.adapter.method} adapter on {cfg.adapter.corpus} ({cfg.ablation.name}, {cfg.train.batching} batching)"
+        steps.append(_step(p, "adapter", what, p.train, owner))
+    for node, what in (("base_index", "base"), ("ra_index", f"readapted (α={c.alpha:g} β={c.beta:g})")):
+        if node in p.missing:
+            steps.append(_step(p, node, f"encode {what} corpus", p.encode, owner))
     reused = sorted(p.stored - p.missing)
     steps.append("evaluate, write results.json" + (f" (reusing {', '.join(reused)})" if reused else ""))
     return head + ":\n    " + "\n    ".join(steps)
 
 
-def grid_configs(models, datasets, adapters, ablations, overrides=()) -> Iterable[CellConfig]:
+def describe_in_sweep(cfg: CellConfig) -> str:
+    """:func:`describe_cell` against the cells planned before in this process, then remember this one."""
+    text = describe_cell(cfg, PLANNED)
+    PLANNED.append(plan_cell(cfg))
+    return text
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A set of cells, each product counted once by its key."""
+
+    plans: tuple[CellPlan, ...]
+
+    def unique(self, *nodes: str) -> dict[str, tuple[CellPlan, str]]:
+        return {p.keys[n]: (p, n) for p in self.plans if p.applicable for n in nodes if n in p.keys}
+
+    def hours(self, *nodes: str) -> float:
+        return sum(p.hours(n) for p, n in self.unique(*nodes).values() if n in p.missing)
+
+    @property
+    def total_hours(self) -> float:
+        return self.hours("adapter", "base_index", "ra_index")
+
+    def lines(self) -> list[str]:
+        plans = self.plans
+        ok = [p for p in plans if p.applicable]
+        adapters, base, ra = self.unique("adapter"), self.unique("base_index"), self.unique("ra_index")
+        todo = [p.train for p, n in adapters.values() if n in p.missing]
+        todo_enc = sum(n in p.missing for p, n in [*base.values(), *ra.values()])
+        cfg = plans[-1].cfg
+        batching = cfg.train.batching
+        return [
+            f"cells: {len(plans)} ({len(ok)} applicable, {len(plans) - len(ok)} not applicable, "
+            f"{sum(p.done for p in ok)} already done)",
+            f"unique knowledge adapters: {len(adapters)} ({len(todo)} to train: ≈{sum(w.passages for w in todo):,} "
+            f"passages, ≈{sum(w.tokens for w in todo) / 1e9:,.2f}B tokens; {fmt_hours(self.hours('adapter'))})",
+            f"unique corpus encodings: {len(base) + len(ra)} ({len(base)} base, {len(ra)} readapted; "
+            f"{todo_enc} to build; {fmt_hours(self.hours('base_index', 'ra_index'))})",
+            f"total {fmt_hours(self.total_hours)} (≈{self.total_hours / 24:,.0f} GPU-days) at the throughputs in "
+            f"`estimates:` (train {cfg.estimates['train_passages_per_s'][batching]} passages/s with {batching} "
+            f"batching, encode {cfg.estimates['encode_passages_per_s']} passages/s, at "
+            f"{cfg.estimates.get('tokens_per_passage', 78)} tokens per passage)",
+        ]  # fmt: skip
+
+
+def summarize(cells: Iterable[CellConfig | CellPlan], indent: str = "") -> str:
+    plans = tuple(c if isinstance(c, CellPlan) else plan_cell(c) for c in cells)
+    return "no cells" if not plans else "\n".join(indent + line for line in Totals(plans).lines())
+
+
+def experiment_cells(name: str) -> list[tuple[str, str, str, str]]:
+    """(model, dataset, adapter, ablation) of every cell an experiment in ``conf/experiment/`` sweeps."""
+    from omegaconf import OmegaConf
+
+    exp = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml")
+    chosen: dict[str, str] = {}
+    for entry in exp.get("defaults", []):
+        if isinstance(entry, str):  # another experiment (figure2 is table1)
+            return experiment_cells(entry)
+        for k, v in entry.items():
+            chosen[k.removeprefix("override ").strip("/")] = str(v)
+    params = OmegaConf.select(exp, "hydra.sweeper.params") or {}
+    paper_datasets = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+    values = []
+    for g in GROUPS:
+        raw = str(params[g]) if g in params else chosen[g]
+        vals = []
+        for v in raw.split(","):
+            v = v.strip()
+            vals += fnmatch.filter(paper_datasets, v[5:-1]) if v.startswith("glob(") else [v]
+        values.append(vals)
+    return list(itertools.product(*values))
+
+
+def grid_configs(cells: Iterable[Sequence[str]], overrides: Sequence[str] = ()) -> Iterable[CellConfig]:
+    """One validated config per (model, dataset, adapter, ablation), composed like a run composes it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for m, d, a, b in itertools.product(models, datasets, adapters, ablations):
-            yield CellConfig.from_hydra(
-                compose(
-                    config_name="config",
-                    overrides=[f"model={m}", f"dataset={d}", f"adapter={a}", f"ablation={b}", *overrides],
-                )
-            )
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for cell in cells:
+            coords = [f"{g}={v}" for g, v in zip(GROUPS, cell, strict=True)]
+            yield CellConfig.from_hydra(compose(config_name="config", overrides=[*coords, *overrides]))
     GlobalHydra.instance().clear()
 
 
-def summarize(cfgs: Iterable[CellConfig]) -> str:
-    plans = [plan_cell(cfg) for cfg in cfgs]
-    if not plans:
-        return "no cells"
-    applicable = [p for p in plans if p.applicable]
-    adapters = {p.keys["adapter"]: p for p in applicable if "adapter" in p.keys}
-    base = {p.keys["base_index"]: p for p in applicable}
-    readapted = {p.keys["ra_index"]: p for p in applicable if "ra_index" in p.keys}
-    train_h = sum(gpu_hours(p.cfg, p.train_passages, 0)[0] for p in adapters.values())
-    enc_h = sum(
-        gpu_hours(p.cfg, 0, p.cfg.dataset.corpus_size)[1] for p in [*base.values(), *readapted.values()]
-    )
-    cfg = plans[-1].cfg
+def paper_report(product: Sequence[Sequence[str]], overrides: Sequence[str] = ()) -> str:
+    """The cells of Tables 1–3 (the headline), then the full product of ``product``'s groups on one line."""
+    cells = list(itertools.product(*product))
+    every = {c: plan_cell(cfg) for c, cfg in zip(cells, grid_configs(cells, overrides), strict=True)}
+    paper = sorted(set().union(*(experiment_cells(e) for e in PAPER_EXPERIMENTS)))
+    full = Totals(tuple(every.values()))
     return "\n".join([
-        f"cells: {len(plans)} ({len(applicable)} applicable, {len(plans) - len(applicable)} not applicable, "
-        f"{sum(p.done for p in applicable)} already done)",
-        f"unique knowledge adapters: {len(adapters)} (≈{sum(p.train_passages for p in adapters.values()):,} "
-        f"training passages, ≈{train_h:,.0f} GPU-hours)",
-        f"unique corpus encodings: {len(base) + len(readapted)} ({len(base)} base, {len(readapted)} readapted; "
-        f"≈{enc_h:,.0f} GPU-hours)",
-        f"total ≈{train_h + enc_h:,.0f} GPU-hours at the throughputs in `estimates:` "
-        f"(train {cfg.estimates['train_passages_per_s'][cfg.train.batching]} passages/s, "
-        f"encode {cfg.estimates['encode_passages_per_s']} passages/s)",
+        "The paper's Tables 1–3 and Figure 2 (conf/experiment/table1.yaml, table2.yaml, table3.yaml):",
+        summarize([every.get(c) or next(iter(grid_configs([c], overrides))) for c in paper], indent="  "),
+        f"\nFull product of the config groups ({' × '.join(str(len(g)) for g in product)} = {len(cells)} cells, "
+        f"{sum(p.applicable for p in full.plans)} applicable): {fmt_hours(full.total_hours)} "
+        f"(≈{full.total_hours / 24:,.0f} GPU-days)",
     ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    paper_datasets = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
-    ap.add_argument("--models", default=",".join(PAPER_MODELS))
-    ap.add_argument("--datasets", default=",".join(paper_datasets))
-    ap.add_argument("--adapters", default=",".join(ADAPTERS))
-    ap.add_argument("--ablations", default=",".join(ABLATIONS))
+    for group, default in (("models", PAPER_MODELS), ("datasets", ["the 14 in conf/dataset/"]),
+                           ("adapters", ADAPTERS), ("ablations", ABLATIONS)):  # fmt: skip
+        ap.add_argument(f"--{group}", help=f"comma-separated (default: {','.join(default)})")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.batching=packed")
     a = ap.parse_args(argv)
-    split = str.split
-    print(summarize(grid_configs(split(a.models, ","), split(a.datasets, ","), split(a.adapters, ","),
-                                 split(a.ablations, ","), a.overrides)))  # fmt: skip
+    groups = [a.models, a.datasets, a.adapters, a.ablations]
+    datasets = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+    full = [PAPER_MODELS, datasets, ADAPTERS, ABLATIONS]
+    product = [g.split(",") if g else d for g, d in zip(groups, full, strict=True)]
+    if any(groups):  # an explicit grid
+        print(summarize(grid_configs(itertools.product(*product), a.overrides)))
+    else:
+        print(paper_report(product, a.overrides))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Every cell writes one :class:`CellRecord` into its Hydra job folder and into the
 ``<paths.results_dir>/<model>/<dataset>/<adapter>-<ablation>-a<α>-b<β>-<scaling>.json``, which
 :mod:`readaptir.report` renders. Metrics are BeIR's names as fractions (``NDCG@10`` = 0.745); ``delta`` is
 readapted − base; ``significance`` is the paired test on per-query nDCG@10; ``artifacts`` holds the keys of
-every product the cell used, so a number can always be traced to the files that made it.
+every product the cell used, and ``git_commit``/``versions`` the code, so a number can always be traced to
+what made it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from readaptir.config import CellConfig
 from readaptir.data.beir import DataError
 from readaptir.fs import atomic_write
+from readaptir.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,9 @@ class CellRecord(BaseModel):
     zero_shot: bool = True
     corpus_size: int | None = None
     readapt: bool = True
+    seed: int = 0  # train.seed: the knowledge adapter's data order, dropout and initialisation
+    git_commit: str | None = None  # the readaptir checkout that ran (None from an installed wheel)
+    versions: dict[str, str] = {}  # packages that can change a number (readaptir.provenance)
     base: dict[str, float] = {}
     readapted: dict[str, float] = {}
     delta: dict[str, float] = {}
@@ -90,6 +95,8 @@ class CellRecord(BaseModel):
             zero_shot=cfg.model.name not in cfg.dataset.seen_by,
             corpus_size=cfg.dataset.corpus_size,
             readapt=cfg.model.readapt,
+            seed=cfg.train.seed,
+            **provenance(),
         )
 
     def set_metrics(self, base: dict[str, float], readapted: dict[str, float] | None = None) -> None:

@@ -16,12 +16,15 @@ from typing import Any
 
 from readaptir.config import CellConfig
 from readaptir.data.beir import load_qrels, load_queries
+from readaptir.errors import UserError
 from readaptir.evaluate import evaluate_run
+from readaptir.fs import atomic_write
 from readaptir.grid.keys import CellInputs
-from readaptir.models.hub import ModelFolders
+from readaptir.models.hub import LOGIN_HINT, ModelFolders, hub_id
+from readaptir.readapt.card import adapter_card
 from readaptir.retrieval.base import Retriever
 from readaptir.retrieval.runs import RUN_FILE, read_run, write_run
-from readaptir.runtime import Runtime
+from readaptir.runtime import Runtime, is_main
 from readaptir.store.artifacts import ArtifactStore
 from readaptir.tracking import Tracker
 
@@ -62,11 +65,17 @@ def train_adapter(
                 exclude=relevant if sub.subset == "without" else None, tracker=tracker,
             )
         )  # fmt: skip
+        if is_main():  # our card instead of PEFT's blank one (whose base_model is a local path)
+            card = adapter_card(
+                hub_id(cfg.model.pretrained), cfg.adapter, cfg.train, cfg.adapter.corpus, sub.subset, stats
+            )
+            atomic_write(out / "README.md", card)
 
     meta = {"corpus": cfg.adapter.corpus, "subset": sub.subset, "filter": sub.filter_dataset}
     # Under `accelerate launch` every rank joins training (DDP) in one shared folder; the main one publishes.
     path = store.build_collective("adapter", key, train, meta=meta)
     store.discard_work(key)  # checkpoints go only once the adapter is in place
+    log.info("Knowledge adapter: %s", path)
     if not stats and (path / "train_stats.json").is_file():
         stats = json.loads((path / "train_stats.json").read_text())
     return path, stats
@@ -120,14 +129,70 @@ def readapt(
     def write(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(report))
         if r.save_model:
-            from readaptir.retrieval.dense import load_tokenizer
-
-            model.save_pretrained(tmp / "model", max_shard_size="5GB")
-            load_tokenizer(folders.retriever, folders.pretrained).save_pretrained(tmp / "model")
+            save_model_folder(cfg, model, folders, adapter, tmp / "model")
 
     if runtime.main:
         store.build("readapted", key, write)
     return model
+
+
+def _card(cfg: CellConfig, adapter: Path, results: dict[str, Any] | None = None) -> str:
+    from readaptir.readapt.card import retriever_card
+
+    stats_file = adapter / "train_stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    subset = CellInputs.of(cfg).subset.subset
+    return retriever_card(cfg.model, cfg.readapt, cfg.adapter, cfg.train, cfg.adapter.corpus, subset, stats,
+                          results, hub_id(cfg.model.pretrained))  # fmt: skip
+
+
+def save_model_folder(cfg: CellConfig, model: Any, folders: ModelFolders, adapter: Path, out: Path) -> Path:
+    """The readapted retriever as a ``from_pretrained`` folder: weights, config, tokenizer, model card."""
+    from readaptir.retrieval.dense import load_tokenizer
+
+    model.save_pretrained(out, max_shard_size="5GB")
+    load_tokenizer(folders.retriever, folders.pretrained).save_pretrained(out)
+    atomic_write(out / "README.md", _card(cfg, adapter))
+    return out
+
+
+def push_readapted(cfg: CellConfig, store: ArtifactStore, keys: dict[str, str], folders: ModelFolders,
+                   results: dict[str, Any], runtime: Runtime) -> str:  # fmt: skip
+    """Upload the readapted retriever (weights, tokenizer, a card with this cell's metrics) to the Hub repo
+    ``readapt.push_to_hub``, created private when new; returns its URL. Opt-in, never done by default."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    repo, adapter = str(cfg.readapt.push_to_hub), store.path(keys["adapter"])
+    saved = store.path(keys["readapted"]) / "model"
+    with tempfile.TemporaryDirectory(prefix="readaptir-push-") as tmp:
+        folder = saved if saved.is_dir() else None
+        if folder is None:  # not kept (readapt.save_model=false): rebuild it, as the cell did
+            from readaptir.readapt.model import build_readapted_model
+
+            r = cfg.readapt
+            model, _ = build_readapted_model(folders.pretrained, folders.retriever, adapter, r.alpha, r.beta,
+                                             r.knowledge_scaling, runtime.encode_dtype)  # fmt: skip
+            folder = save_model_folder(cfg, model, folders, adapter, Path(tmp) / "model")
+            del model
+        card = Path(tmp) / "README.md"
+        card.write_text(_card(cfg, adapter, results))
+        try:
+            api = HfApi()
+            api.create_repo(repo, private=True, exist_ok=True)
+            api.upload_folder(folder_path=str(folder), repo_id=repo, ignore_patterns=["README.md"],
+                              commit_message="readaptir: readapted retriever")  # fmt: skip
+            api.upload_file(path_or_fileobj=str(card), path_in_repo="README.md", repo_id=repo,
+                            commit_message="readaptir: model card")  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - hub errors come in many classes; all mean the same here
+            raise UserError(
+                f"readapt.push_to_hub={repo}: upload failed ({e.__class__.__name__}: {e}); {LOGIN_HINT} and "
+                "check that you may write to that repo (results.json is saved either way)"
+            ) from e
+    url = f"https://huggingface.co/{repo}"
+    log.info("Pushed the readapted retriever to %s", url)
+    return url
 
 
 def retrieve(

@@ -1,7 +1,8 @@
 """Figure 2 of the paper: corpus size (log x) against RA − Base from Table 1's cells, per model.
 
 Two panels, ours and the paper's (its Table 1 numbers at BeIR's corpus sizes), each with the Pearson
-and Spearman correlation of log10(corpus size) against the delta; written as ``figure2.png``,
+and Spearman correlation of log10(corpus size) against the delta; written as ``figure2.png`` and
+``figure2.pdf`` (every point labelled, no label over another or over a marker: :mod:`.labels`),
 ``figure2.csv`` (points and correlations) and ``figure2.md``.
 
     python -m readaptir.report figure2 --results-dir cache/results --out experiments/figure2
@@ -96,13 +97,13 @@ def figure2(
     """Write figure2.png (ours | paper panels) and figure2.csv; return a Markdown summary of the correlations."""
     sel, out = selection, Path(out_dir)
     points = figure2_points(results, models, datasets, sel, meta)
-    corr = {}
-    for source in ("ours", "paper"):
-        for m in models:
-            pts = [p for p in points if p.source == source and p.model == m]
-            if pts:
-                corr[source, m] = correlation([p.corpus_size for p in pts], [p.delta for p in pts])
-    atomic_write(out / "figure2.png", _plot(points, corr, models, sel))
+    corr = correlations(points, models)
+    import matplotlib.pyplot as plt
+
+    fig = draw_figure2(points, corr, models, sel.metric)
+    for fmt in ("png", "pdf"):
+        atomic_write(out / f"figure2.{fmt}", _render(fig, fmt))
+    plt.close(fig)
     atomic_write(out / "figure2.csv", _csv(points, corr))
     demo = any(r.demo for m in models for d in datasets if (r := results.get(m, d, "in-domain", "both", sel)))
     lines = [
@@ -118,50 +119,99 @@ def figure2(
             f"| {source} | {paper.display_name(m)} | {c.n} | {_fmt(c.pearson_r)} | {_fmt(c.pearson_p, '.3g')} | "
             f"{_fmt(c.spearman_rho)} | {_fmt(c.spearman_p, '.3g')} |"
         )
-    lines += ["", "- Plot: figure2.png (filled: ours, hollow: paper); points and correlations: figure2.csv."]
+    lines += [
+        "",
+        "- Plot: figure2.png and figure2.pdf (left: ours, right: the paper's); points closer than a marker are "
+        "spread sideways; exact points and correlations: figure2.csv.",
+    ]
     md = "\n".join(lines) + "\n"
     atomic_write(out / "figure2.md", md)
     return md
 
 
-def _plot(points: list[Point], corr: Mapping, models: Sequence[str], sel: Selection) -> bytes:
-    """Two panels (ours | paper), one colour per model, PNG bytes."""
+MARKERS = ("o", "s", "^", "D")
+
+
+def draw_figure2(points: list[Point], corr: Mapping, models: Sequence[str], metric: str = "NDCG@10"):
+    """Two panels (this reproduction | the paper), one colour and marker per model, every point labelled
+    with its dataset; legends (with the correlations) sit below the panels, never over a point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    from readaptir.report.labels import place_labels, spread_coincident
+
+    name = "nDCG@10" if metric == "NDCG@10" else metric
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.5), sharey=True)
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.9, bottom=0.25, wspace=0.06)
     for ax, source, title in zip(
-        axes, ("ours", "paper"), ("This reproduction", "Paper (Table 1)"), strict=True
+        axes, ("ours", "paper"), ("This reproduction", "Paper (Fleshman & Van Durme, 2024)"), strict=True
     ):
         for i, m in enumerate(models):
             pts = [p for p in points if p.source == source and p.model == m]
-            if not pts:
-                continue
-            c, color = corr[source, m], f"C{i}"
-            label = f"{paper.display_name(m)} (n={c.n}, Pearson r={_fmt(c.pearson_r)}, Spearman ρ={_fmt(c.spearman_rho)})"
-            ax.scatter([p.corpus_size for p in pts], [p.delta for p in pts],
-                       facecolors=color if source == "ours" else "none", edgecolors=color, label=label)  # fmt: skip
-            for p in pts:
-                ax.annotate(
-                    p.dataset, (p.corpus_size, p.delta), fontsize=7, xytext=(3, 3), textcoords="offset points"
-                )
+            if pts:
+                c = corr[source, m]
+                label = f"{paper.display_name(m)}: n={c.n}, Pearson r={_fmt(c.pearson_r)}, Spearman ρ={_fmt(c.spearman_rho)}"
+                ax.scatter([p.corpus_size for p in pts], [p.delta for p in pts], s=36, marker=MARKERS[i % 4],
+                           color=f"C{i}", alpha=0.85 if source == "ours" else 0.45, edgecolors=f"C{i}", label=label)  # fmt: skip
         ax.set_xscale("log")
-        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("corpus size (passages, log scale)")
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--", zorder=0)
+        ax.set_xlabel("Corpus size (passages, log scale)")
         ax.set_title(title)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
-        else:
+        if not ax.collections:
             ax.text(0.5, 0.5, "no points", transform=ax.transAxes, ha="center")
-    axes[0].set_ylabel(f"RA − Base ({sel.metric} × 100)")
-    fig.suptitle(f"Figure 2: corpus size vs RA − Base (adapter=in-domain, ablation=both; {sel.describe()})")
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=150)
-    plt.close(fig)
-    return png.getvalue()
+    axes[0].set_ylabel(f"Change in {name} from RE-Adapt (RA − Base, × 100)")
+    fig.suptitle(f"Corpus size against the change in {name} from RE-AdaptIR")
+    for ax in axes:
+        ax.margins(x=0.12, y=0.15)
+    fig.canvas.draw()  # fixes the axes limits: positions below are in display space
+    for ax, source in zip(axes, ("ours", "paper"), strict=True):
+        ax.set_xlim(ax.get_xlim())
+        ax.set_ylim(ax.get_ylim())
+        spread_coincident(ax)
+        legend = (
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
+            if ax.collections
+            else None
+        )
+        xy, texts, colors = [], [], []
+        drawn = [
+            (i, m) for i, m in enumerate(models) if any(p.source == source and p.model == m for p in points)
+        ]
+        for coll, (i, m) in zip(ax.collections, drawn, strict=True):
+            pts = [p for p in points if p.source == source and p.model == m]
+            xy += [tuple(v) for v in coll.get_offsets()]
+            texts += [paper.dataset_name(p.dataset) for p in pts]
+            colors += [_darker(f"C{i}")] * len(pts)
+        fig.canvas.draw()
+        avoid = [legend.get_window_extent(fig.canvas.get_renderer())] if legend else []
+        place_labels(ax, xy, texts, colors, avoid)
+    return fig
+
+
+def _darker(color: str) -> tuple[float, float, float]:
+    """A model's colour, darkened for text on white (labels say whose point they name)."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(0.7 * c for c in to_rgb(color))
+
+
+def correlations(points: list[Point], models: Sequence[str]) -> dict[tuple[str, str], Correlation]:
+    """(source, model) → the correlation of its points, for every pair that has points."""
+    corr = {}
+    for source in ("ours", "paper"):
+        for m in models:
+            pts = [p for p in points if p.source == source and p.model == m]
+            if pts:
+                corr[source, m] = correlation([p.corpus_size for p in pts], [p.delta for p in pts])
+    return corr
+
+
+def _render(fig, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=150)
+    return buf.getvalue()
 
 
 CSV_HEADER = ["kind", "source", "model", "dataset", "corpus_size", "log10_corpus_size", "ra_minus_base",

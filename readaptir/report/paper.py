@@ -27,7 +27,18 @@ from types import MappingProxyType
 from typing import Final
 
 MODELS: Final = ("repllama", "e5-mistral")
-DISPLAY_NAMES: Final = MappingProxyType({"repllama": "RepLLaMA", "e5-mistral": "e5-Mistral"})
+# Base-model baselines rendered beside the retrievers in Table 1 when the store has their results.
+BASELINES: Final = ("bm25", "minilm")
+DISPLAY_NAMES: Final = MappingProxyType(
+    {"repllama": "RepLLaMA", "e5-mistral": "e5-Mistral", "bm25": "BM25", "minilm": "MiniLM"}
+)
+# BeIR's own spelling of each dataset (Thakur et al., 2021), for rendered tables and figures.
+DATASET_NAMES: Final = MappingProxyType({
+    "msmarco": "MS MARCO", "fever": "FEVER", "hotpotqa": "HotpotQA", "nq": "NQ", "quora": "Quora",
+    "arguana": "ArguAna", "climate-fever": "Climate-FEVER", "dbpedia-entity": "DBPedia", "fiqa": "FiQA",
+    "nfcorpus": "NFCorpus", "scidocs": "SCIDOCS", "scifact": "SciFact", "trec-covid": "TREC-COVID",
+    "webis-touche2020": "Touché-2020",
+})  # fmt: skip
 
 # Table 1's row order (docs/method.md §4): MS-MARCO, the four big Wikipedia/QA sets, then BeIR alphabetically.
 DATASETS: Final = (
@@ -123,3 +134,8 @@ TABLE3_AVERAGE: Final = {"repllama": (0.2, -0.5), "e5-mistral": (2.0, 0.3)}
 def display_name(model: str) -> str:
     """The paper's spelling of a model name (``repllama`` → RepLLaMA); other names as they are."""
     return DISPLAY_NAMES.get(model, model)
+
+
+def dataset_name(dataset: str) -> str:
+    """BeIR's spelling of a dataset id (``webis-touche2020`` → Touché-2020); other names as they are."""
+    return DATASET_NAMES.get(dataset, dataset)

@@ -73,8 +73,11 @@ def render(
     datasets: Sequence[str] | None = None,
     selection: Selection = Selection(),
     meta: Mapping[str, DatasetMeta] | None = None,
+    baselines: Sequence[str] = paper.BASELINES,
 ) -> str:
-    """Build table ``name`` (table1/table2/table3/figure2), write its files into ``out_dir``, return its Markdown."""
+    """Build table ``name`` (table1/table2/table3/figure2), write its files into ``out_dir``, return its Markdown.
+
+    ``baselines`` with results (base model only) get Table 1 columns before the retrievers."""
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose from {', '.join(TABLES)}")
     res = _as_results(results)
@@ -82,6 +85,8 @@ def render(
     ds = DEFAULT_DATASETS[name] if datasets is None else datasets
     if name == "figure2":
         return figure2(res, out_dir, models, ds, selection, meta)
+    if name == "table1":
+        return write_table(table1(res, models, ds, selection, meta, baselines), out_dir)
     return write_table(TABLE_BUILDERS[name](res, models, ds, selection, meta), out_dir)
 
 
@@ -98,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--datasets", type=_csv_list, default=None, help="comma-separated (default: the paper's)"
     )
+    parser.add_argument("--baselines", type=_csv_list, default=list(paper.BASELINES),
+                        help="base-model baselines shown in Table 1 when they have results (comma-separated)")  # fmt: skip
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--scaling", default="delta", help="knowledge_scaling: delta or peft_scale")
@@ -112,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         parser.error(str(err))
     sel = Selection(args.alpha, args.beta, args.scaling, args.metric)
-    md = render(args.table, args.results_dir, args.out, args.models, args.datasets, sel, meta)
+    md = render(args.table, args.results_dir, args.out, args.models, args.datasets, sel, meta, args.baselines)
     sys.stdout.write(md)
     log.info("wrote %s outputs to %s", args.table, args.out)
     return 0

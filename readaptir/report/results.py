@@ -21,11 +21,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from readaptir.config import CONF_DIR
 from readaptir.grid.record import CellRecord
 
 log = logging.getLogger(__name__)
 
-CONF_DATASET_DIR = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+CONF_DATASET_DIR = CONF_DIR / "dataset"
 SIGNIFICANCE_LEVEL = 0.05
 
 
@@ -92,23 +93,34 @@ def _key(model: str, dataset: str, adapter: str, ablation: str, alpha: float, be
 
 
 class Results:
-    """Finished cells indexed by (model, dataset, adapter, ablation, α, β, knowledge_scaling)."""
+    """Finished cells indexed by (model, dataset, adapter, ablation, α, β, knowledge_scaling); baselines
+    (base model only: BM25, MiniLM) by (model, dataset), since no adapter or α applies to them."""
 
     def __init__(self, cells: Iterable[CellResult] = ()) -> None:
         self._cells: dict[tuple, CellResult] = {}
+        self._baselines: dict[tuple[str, str], CellResult] = {}
         for cell in cells:
-            old = self._cells.get(cell.key)
+            index, key = (
+                (self._cells, cell.key)
+                if cell.record.readapt
+                else (self._baselines, (cell.model, cell.dataset))
+            )
+            old = index.get(key)
             if old is not None:
                 log.warning(
-                    "duplicate result for %s in %s and %s; using the latter", cell.key, old.path, cell.path
+                    "duplicate result for %s in %s and %s; using the latter", key, old.path, cell.path
                 )
-            self._cells[cell.key] = cell
+            index[key] = cell
 
     def __len__(self) -> int:
-        return len(self._cells)
+        return len(self._cells) + len(self._baselines)
 
     def __iter__(self):
-        return iter(self._cells.values())
+        return iter([*self._cells.values(), *self._baselines.values()])
+
+    def baseline(self, model: str, dataset: str) -> CellResult | None:
+        """A base-model-only result (``readapt: false``) of ``model`` on ``dataset``."""
+        return self._baselines.get((model, dataset))
 
     def get(self, model: str, dataset: str, adapter: str, ablation: str, sel: Selection) -> CellResult | None:
         return self._cells.get(
@@ -129,7 +141,7 @@ def parse_record(record: Mapping[str, Any] | CellRecord, path: str = "<memory>")
     if rec.status != "done":
         log.debug("skipping %s: status=%r %s", path, rec.status, rec.reason)
         return None
-    if not rec.base or not rec.readapted:
+    if not rec.base or (rec.readapt and not rec.readapted):  # a baseline has base metrics only
         log.warning("skipping results file %s: missing base/readapted metrics", path)
         return None
     for part, values in (("base", rec.base), ("readapted", rec.readapted)):

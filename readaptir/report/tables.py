@@ -60,6 +60,18 @@ def _common_notes(sel: Selection, what_dagger: str) -> list[str]:
     ]
 
 
+def _caption(what: str, sel: Selection) -> str:
+    """A plain-language LaTeX caption: what is shown, the metric, α and β (no config keys)."""
+    metric = "nDCG@10" if sel.metric == "NDCG@10" else sel.metric
+    scaling = "" if sel.knowledge_scaling == "delta" else f", knowledge scaled as {sel.knowledge_scaling}"
+    return (f"{what} {metric} × 100; RE-AdaptIR with α = {sel.alpha:g}, β = {sel.beta:g}{scaling}. "
+            "Paper: the numbers reported by Fleshman & Van Durme (2024).")  # fmt: skip
+
+
+def _names(datasets: Sequence[str]) -> dict[str, str]:
+    return {d: paper.dataset_name(d) for d in datasets}
+
+
 def _warn_missing(name: str, results: Results, wanted: int, found: int, sel: Selection) -> None:
     if found < wanted:
         log.info("%s: %d of %d cells have no result at %s", name, wanted - found, wanted, sel.describe())
@@ -68,29 +80,39 @@ def _warn_missing(name: str, results: Results, wanted: int, found: int, sel: Sel
         log.warning("%s: no results at all at %s; the store has %s", name, sel.describe(), sorted(have))
 
 
-def table1(
+def table1(  # size: one table, row by row
     results: Results,
     models: Sequence[str] = paper.MODELS,
     datasets: Sequence[str] = paper.DATASETS,
     selection: Selection = Selection(),
     meta: Mapping[str, DatasetMeta] | None = None,
+    baselines: Sequence[str] = paper.BASELINES,
 ) -> Table:
-    """Table 1: Base, RA, RA − Base per model (adapter=in-domain, ablation=both), beside the paper's."""
+    """Table 1: Base, RA, RA − Base per model (adapter=in-domain, ablation=both), beside the paper's; the
+    ``baselines`` that have results (base model only) in columns before the retrievers."""
     sel, meta = selection, load_dataset_meta() if meta is None else meta
     sub = ["Base", "RA", "RA−Base", "paper Base", "paper RA", "paper RA−Base"]
     in_paper = {m: m in paper.TABLE1 for m in models}  # the tiny demo models get no paper columns
+    shown = [b for b in baselines if any(results.baseline(b, d) for d in datasets)]
     t = Table(
         "table1",
         _header(1, "RE-AdaptIR (RA) vs the base retriever, adapter=in-domain, ablation=both", sel, models),
         ["Dataset"],
-        [(paper.display_name(m), sub if in_paper[m] else sub[:3]) for m in models],
-    )
+        ([("Baselines", [paper.display_name(b) for b in shown])] if shown else [])
+        + [(paper.display_name(m), sub if in_paper[m] else sub[:3]) for m in models],
+        names=_names(datasets),
+        caption=_caption(
+            "Base retrievers and RE-AdaptIR (RA, knowledge adapter trained on each dataset's own corpus)"
+            + (", with base-model baselines," if shown else "") + ":", sel,
+        ),
+    )  # fmt: skip
     # model -> dataset -> its cell (or None), kept to average over after the per-dataset rows.
     ours: dict[str, dict[str, CellResult | None]] = {
         m: {d: results.get(m, d, "in-domain", "both", sel) for d in datasets} for m in models
     }
+    base_only = {b: {d: results.baseline(b, d) for d in datasets} for b in shown}
     for d in datasets:
-        cells: list[Cell] = []
+        cells: list[Cell] = [_ours_cell(base_only[b][d], "base", sel) for b in shown]
         for m in models:
             r, p = ours[m][d], paper.TABLE1.get(m, {}).get(d)
             cells += [
@@ -103,8 +125,11 @@ def table1(
         t.rows.append(([d], cells))
     zero_shot = {m: [d for d in datasets if m not in meta_for(meta, d).seen_by] for m in models}
     t.rules_before.add(len(t.rows))
-    for label, covers in (("Average", {m: list(datasets) for m in models}), ("Average zero-shot", zero_shot)):
-        cells = []
+    zero_shot |= {b: [d for d in datasets if b not in meta_for(meta, d).seen_by] for b in shown}
+    every = {m: list(datasets) for m in [*shown, *models]}
+    for label, covers in (("Average", every), ("Average zero-shot", zero_shot)):
+        cells = [Cell(_mean([r and _ours_cell(r, "base", sel).value for r in (base_only[b][d] for d in covers[b])]))
+                 for b in shown]  # fmt: skip
         for m in models:
             rs = [ours[m][d] for d in covers[m]]
             ps = [paper.TABLE1.get(m, {}).get(d) for d in covers[m]]
@@ -118,13 +143,14 @@ def table1(
                 cells += [Cell(pb), Cell(pr), Cell(None if pb is None else pr - pb, signed=True)]  # type: ignore[operator]
         t.rows.append(([label], cells))
     seen = "; ".join(
-        f"{paper.display_name(m)}: {', '.join(d for d in datasets if d not in zero_shot[m]) or 'none'}"
-        for m in models
+        f"{paper.display_name(m)}: {', '.join(paper.dataset_name(d) for d in datasets if d not in zero_shot[m]) or 'none'}"
+        for m in [*shown, *models]
     )
     t.notes = _common_notes(sel, "RA differs significantly from Base") + [
         f"Average zero-shot leaves out the datasets each model saw in training (seen_by): {seen}.",
         "An average is shown only when every dataset it covers has a result.",
-    ]
+    ] + ([f"Baselines ({', '.join(paper.display_name(b) for b in shown)}): the base model only; RE-Adapt does "
+          "not apply to them."] if shown else [])  # fmt: skip
     t.demo = any(r is not None and r.demo for m in models for r in ours[m].values())
     _warn_missing(
         "table1",
@@ -158,7 +184,12 @@ def table2(
         ),
         ["Model", "Dataset"],
         [(a, ["ours", "paper"]) for a in paper.ABLATIONS],
-    )
+        names=_names(datasets),
+        caption=_caption(
+            "RA − Base with the knowledge adapter trained on the dataset's corpus without, with only, or with "
+            "all (both) of the passages judged relevant in the evaluated split:", sel,
+        ),
+    )  # fmt: skip
     found = 0
     for m in models:
         for d in datasets:
@@ -200,7 +231,12 @@ def table3(
         ),
         ["Dataset"],
         [(paper.display_name(m), sub) for m in models],
-    )
+        names=_names(datasets),
+        caption=_caption(
+            "Knowledge adapter trained on MS MARCO (RA_ms) against the base retriever and against the in-domain "
+            "adapter (RA_in):", sel,
+        ),
+    )  # fmt: skip
     cols: dict[str, list[tuple[float | None, float | None]]] = {m: [] for m in models}
     found = 0
     for d in datasets:

@@ -2,7 +2,8 @@
 
 Two exact backends give the same ranking:
 - ``faiss``: ``IndexFlatIP`` (moved to the GPU when faiss-gpu and CUDA are present), built from the
-  float16 memmap chunk by chunk. Fast, but holds the whole corpus as float32 (MS-MARCO: 145 GB).
+  float16 memmap chunk by chunk. Fast, but holds the whole corpus as float32 (MS-MARCO: 145 GB). FAISS is
+  an extra (``readaptir[cpu]`` or ``readaptir[gpu]``, never both); without it ``auto`` streams.
 - ``stream``: walks the memmap ``chunk_size`` rows at a time and keeps a running top-k per query with
   ``torch.topk``; it never holds more than one chunk (262144 × 4096 fp16 = 2 GB by default), so it
   serves MS-MARCO's 72 GB of embeddings on one GPU or in host memory.
@@ -15,6 +16,7 @@ and drop the query's own id, so every query still gets ``top_k`` documents.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from readaptir.errors import UserError
 from readaptir.retrieval.base import Run, without_self_hits
 from readaptir.retrieval.embeddings import CorpusEmbeddings
 
@@ -53,8 +56,7 @@ def faiss_topk(
     query_emb: np.ndarray, corpus: CorpusEmbeddings, k: int, chunk_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k with FAISS; GPU index when faiss-gpu and a CUDA device are present."""
-    import faiss
-
+    faiss = _import_faiss()
     index = faiss.IndexFlatIP(corpus.matrix.shape[1])
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         res = faiss.StandardGpuResources()
@@ -63,6 +65,22 @@ def faiss_topk(
     for _, rows in _chunks(corpus, chunk_size, "faiss add"):
         index.add(np.ascontiguousarray(rows, dtype=np.float32))
     return index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise UserError(
+            "search.backend=faiss needs FAISS: pip install 'readaptir[cpu]' (or 'readaptir[gpu]' on CUDA "
+            "machines; never both), or set search.backend=stream"
+        ) from None
+    from importlib.metadata import packages_distributions
+
+    owners = sorted(set(packages_distributions().get("faiss", [])))
+    if len(owners) > 1:  # both wheels own faiss/: one's files overwrite the other's (faiss issue 2892)
+        log.warning("several distributions provide faiss (%s); keep one: `make install` repairs it", owners)
+    return faiss
 
 
 def stream_topk(
@@ -95,12 +113,13 @@ def stream_topk(
 
 
 def auto_backend(shape: tuple[int, int], faiss_max_gb: float) -> str:
-    """``faiss`` while its float32 copy of the corpus fits in ``faiss_max_gb``, else ``stream``.
+    """``faiss`` while its float32 copy of the corpus fits in ``faiss_max_gb`` (and FAISS is installed), else
+    ``stream``.
 
     SciFact at 4096 dims is 85 MB in float32; MS-MARCO is 145 GB, which only the streaming path serves.
     """
     gb = shape[0] * shape[1] * 4 / 2**30
-    return "faiss" if gb <= faiss_max_gb else "stream"
+    return "faiss" if gb <= faiss_max_gb and importlib.util.find_spec("faiss") is not None else "stream"
 
 
 def search(

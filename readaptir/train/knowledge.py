@@ -29,18 +29,18 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from readaptir.config import AdapterRecipe, TrainSettings, typed
 from readaptir.fs import atomic_write_json
+from readaptir.logs import main_logger
 from readaptir.tracking import Tracker
 from readaptir.train.batching import make_batch, passage_ids, plan_data
 from readaptir.train.causal_lm import setup_training, special_ids
 from readaptir.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from readaptir.train.tokens import TokenCache
 
-log = get_logger(__name__)  # Accelerate's logger: main process only, needs the Accelerator created first
+log = main_logger(__name__)  # main process only
 
 # What train_knowledge_adapter returns (also written to <out_dir>/train_stats.json). Counts are global (all
 # processes) and cover the whole run, including steps done before a resume; rates and seconds cover this
@@ -106,13 +106,15 @@ class _Window:
     def flush(self, lr: float, grad_norm: float, done: int, total: int, epochs: int) -> dict[str, float]:
         dt = max(time.time() - self.t0, 1e-9)
         s = self.sums
+        # Rates of this window only, under their own names: W&B's summary keeps a key's last logged value,
+        # and train/passages_per_s etc. in the summary are the whole run's (set once training ends).
         metrics = {
             "train/loss": self.loss_sum / max(s["targets"], 1),
             "train/lr": lr,
             "train/grad_norm": grad_norm,
-            "train/tokens_per_s": s["tokens"] / dt,
-            "train/passages_per_s": s["passages"] / dt,
-            "train/padding_fraction": s["padding"] / max(s["tokens"] + s["padding"], 1),
+            "train/window_tokens_per_s": s["tokens"] / dt,
+            "train/window_passages_per_s": s["passages"] / dt,
+            "train/window_padding_fraction": s["padding"] / max(s["tokens"] + s["padding"], 1),
             "train/passages": self.counters["passages"],
             "train/epoch": done / total * epochs,
         }
@@ -269,6 +271,6 @@ def _save(
     if restore_model:  # give the caller back its model without adapter layers (benchmarks reuse it)
         accelerator.unwrap_model(peft_model).unload()
     log.info(
-        f"Adapter written to {out_dir}: {stats['passages']:,} passages, {stats['passages_per_s']:.1f} psg/s, "
+        f"Adapter trained: {stats['passages']:,} passages, {stats['passages_per_s']:.1f} psg/s, "
         f"padding {stats['padding_fraction']:.1%}, final loss {stats['final_loss']:.4f}"
     )

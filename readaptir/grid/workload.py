@@ -1,0 +1,56 @@
+"""How much work a cell's products are, in passages and tokens, from the shipped dataset statistics.
+
+Plans price products without any data on disk: ``conf/dataset/*.yaml`` ship each corpus's size, its
+token count (``corpus_tokens``, title + " " + text) and the passages judged relevant in the evaluated
+split (``judged_passages``, the size of ablation=with), with their sources. Tokens per passage are capped
+at the truncation lengths (``train.max_tokens`` for training, ``model.passage_max_len`` for encoding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from readaptir.config import CONF_DIR, CellConfig, DatasetSpec
+from readaptir.grid.keys import CellInputs
+
+
+@dataclass(frozen=True)
+class Work:
+    passages: int = 0
+    tokens: int = 0
+
+
+def dataset_spec(name: str, cfg: CellConfig) -> DatasetSpec | None:
+    """A dataset's config (its shipped statistics) by name: the cell's own, or ``conf/dataset/<name>.yaml``."""
+    if name == cfg.dataset.name:
+        return cfg.dataset
+    path = CONF_DIR / "dataset" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    return DatasetSpec.model_validate(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+def tokens_per_passage(spec: DatasetSpec | None, cfg: CellConfig) -> float:
+    """Mean tokens per passage from the shipped statistics, else ``estimates.tokens_per_passage``."""
+    if spec is not None and spec.corpus_tokens and spec.corpus_size:
+        return spec.corpus_tokens / spec.corpus_size
+    return float(cfg.estimates.get("tokens_per_passage", 78))
+
+
+def train_work(cfg: CellConfig, inputs: CellInputs) -> Work:
+    """Passages and tokens the knowledge adapter trains on: the corpus, minus or only the judged passages."""
+    sub, corpus = inputs.subset, dataset_spec(inputs.subset.corpus, cfg)
+    size = corpus.corpus_size if corpus is not None else 0
+    judged = min(cfg.dataset.judged_passages or 0, size)  # the evaluated split's qrels filter the corpus
+    n = {"both": size, "without": size - judged, "with": judged}[sub.subset]
+    if cfg.train.max_passages:
+        n = min(n, cfg.train.max_passages)
+    per = min(tokens_per_passage(corpus, cfg), cfg.train.max_tokens)
+    return Work(n * cfg.train.epochs, round(n * per) * cfg.train.epochs)
+
+
+def encode_work(cfg: CellConfig) -> Work:
+    n = cfg.dataset.corpus_size
+    return Work(n, round(n * min(tokens_per_passage(cfg.dataset, cfg), cfg.model.passage_max_len)))
