@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from readaptir.config import CellConfig
+from readaptir.grid.alpha import selection_split
 from readaptir.grid.keys import CellInputs, cell_products, resolve
 from readaptir.grid.record import CellCoords
 from readaptir.runtime import Runtime
@@ -41,6 +42,7 @@ class CellPlan:
     missing: frozenset[str]  # node names whose product the store lacks
     train_passages: int
     done: bool
+    alpha_cost: tuple[str, int, int] | None = None  # alpha=auto: (protocol, pool passages, full encodings)
 
 
 def _corpus_size(name: str, cfg: CellConfig) -> int:
@@ -73,7 +75,24 @@ def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
             train_n = min(train_n, cfg.train.max_passages)
         train_n *= cfg.train.epochs
     done = CellCoords.of(cfg).store_path(cfg.paths.results_dir).is_file()
-    return CellPlan(cfg, applicable, inputs.subset.reason, keys, stored, missing, train_n, done)
+    auto = _alpha_cost(cfg, inputs) if "selection" in keys else None
+    return CellPlan(cfg, applicable, inputs.subset.reason, keys, stored, missing, train_n, done, auto)
+
+
+def _alpha_cost(cfg: CellConfig, inputs: CellInputs) -> tuple[str, int, int]:
+    """``(protocol, pool passages encoded over all candidates, full encodings at most)`` of an auto cell.
+
+    Without the data the protocol is unknown and the bound is cross-fitting's; a pool holds at most each
+    selection query's two top-``pool_depth`` lists and its judged passages (≈ 5), capped by the corpus.
+    """
+    s = cfg.readapt.alpha_selection
+    zero_shot = cfg.model.name not in cfg.dataset.seen_by
+    protocol = selection_split(inputs.eval_root, cfg.dataset.split, zero_shot)[0]
+    if not (inputs.eval_root / "qrels").is_dir():
+        protocol = "crossfit (assumed: no qrels here yet)"
+    pool = min(cfg.dataset.corpus_size, s.max_queries * (2 * s.pool_depth + 5)) * len(s.candidates())
+    full = min(s.folds, len(s.candidates())) if protocol.startswith("crossfit") else 1
+    return protocol, pool, full
 
 
 def gpu_hours(cfg: CellConfig, train_passages: int, encode_passages: int) -> tuple[float, float]:
@@ -97,9 +116,14 @@ def describe_cell(cfg: CellConfig) -> str:
         steps.append(f"train {cfg.adapter.method} adapter on {cfg.adapter.corpus} ({cfg.ablation.name}, "
                      f"≈{p.train_passages:,} passages, {cfg.train.batching} batching, ≈{th:.1f} GPU-h)")  # fmt: skip
     eh = gpu_hours(cfg, 0, size)[1]
-    for name, what in (("base_index", "base"), ("ra_index", f"readapted (α={c.alpha:g} β={c.beta:g})")):
+    for name, what in (("base_index", "base"), ("ra_index", f"readapted (α={c.alpha_text} β={c.beta:g})")):
         if name in p.missing:
             steps.append(f"encode {what} corpus ({size:,} passages, ≈{eh:.1f} GPU-h)")
+    if p.alpha_cost is not None and "selection" in p.missing:
+        protocol, pool, full = p.alpha_cost
+        steps.append(f"select α on {protocol} queries: pool encodings ≤{pool:,} passages "
+                     f"(≈{pool / max(size, 1):.2f} full encodings, ≈{gpu_hours(cfg, 0, pool)[1]:.1f} GPU-h), "
+                     f"then ≤{full} readapted corpus encoding(s) (≈{full * eh:.1f} GPU-h)")  # fmt: skip
     reused = sorted(p.stored - p.missing)
     steps.append("evaluate, write results.json" + (f" (reusing {', '.join(reused)})" if reused else ""))
     return head + ":\n    " + "\n    ".join(steps)
@@ -133,6 +157,7 @@ def summarize(cfgs: Iterable[CellConfig]) -> str:
     enc_h = sum(
         gpu_hours(p.cfg, 0, p.cfg.dataset.corpus_size)[1] for p in [*base.values(), *readapted.values()]
     )
+    enc_h += _alpha_hours({p.keys["selection"]: p for p in applicable if "selection" in p.keys}.values())
     cfg = plans[-1].cfg
     return "\n".join([
         f"cells: {len(plans)} ({len(applicable)} applicable, {len(plans) - len(applicable)} not applicable, "
@@ -145,6 +170,13 @@ def summarize(cfgs: Iterable[CellConfig]) -> str:
         f"(train {cfg.estimates['train_passages_per_s'][cfg.train.batching]} passages/s, "
         f"encode {cfg.estimates['encode_passages_per_s']} passages/s)",
     ])  # fmt: skip
+
+
+def _alpha_hours(plans: Iterable[CellPlan]) -> float:
+    """alpha=auto cells: pool encodings plus at most one full readapted encoding per distinct chosen α."""
+    return sum(
+        gpu_hours(p.cfg, 0, p.alpha_cost[1] + p.alpha_cost[2] * p.cfg.dataset.corpus_size)[1] for p in plans
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
