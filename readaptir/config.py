@@ -110,12 +110,32 @@ class AblationSpec(_Spec):
     name: Ablation
 
 
+class AlphaSelection(_Spec):
+    """How ``readapt.alpha=auto`` picks α on withheld queries (see :mod:`readaptir.grid.alpha`)."""
+
+    grid: tuple[float, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
+    max_queries: int = Field(200, ge=1)
+    folds: int = Field(5, ge=2)
+    pool_depth: int = Field(100, ge=1)
+    seed: int = 0
+
+    def candidates(self) -> tuple[float, ...]:
+        """The grid, sorted, with α = 0 (the retriever alone when β = 1) always among the candidates."""
+        return tuple(sorted({0.0, *map(float, self.grid)}))
+
+
 class ReadaptSettings(_Spec):
-    alpha: float = 0.5
+    # A number, or "auto": chosen per cell on withheld queries among alpha_selection.grid.
+    alpha: float | Literal["auto"] = 0.5
     beta: float = 1.0
     knowledge_scaling: Literal["delta", "peft_scale"] = "delta"
     save_model: bool = False
     push_to_hub: str | None = None  # a Hub repo id: upload the readapted retriever (opt-in)
+    alpha_selection: AlphaSelection = AlphaSelection()
+
+    @property
+    def auto(self) -> bool:
+        return self.alpha == "auto"
 
 
 class TrainSettings(_Spec):
@@ -213,12 +233,26 @@ class CellConfig(_Spec):
             raise ConfigError(_one_line(e, cfg)) from None
 
 
+_UNION_TAGS = ("function-", "literal[", "float", "int", "str", "bool", "none", "tuple[", "list[", "dict[")
+
+
+def _key(loc: tuple) -> str:
+    """A config key from a validation location, without pydantic's union-member tags."""
+    return ".".join(str(p) for p in loc if not str(p).startswith(_UNION_TAGS))
+
+
 def _one_line(err: ValidationError, raw: Any) -> str:
     """The first validation error as ``config key a.b=<value>: <what is allowed>``."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
-    key = ".".join(loc)
+    errors = err.errors()
+    first = errors[0]
+    key = _key(first["loc"])
     msg = first["msg"]
+    union = [e for e in errors if _key(e["loc"]) == key]
+    if len(union) > 1:  # a value of a union type (α: a number or "auto"): name every allowed form
+        kinds = {"float": "a number", "int": "an integer", "bool": "true or false", "string": "a string"}
+        forms = [f"one of {e['ctx']['expected']}" if "expected" in (e.get("ctx") or {})
+                 else kinds.get(e["type"].split("_")[0], e["type"]) for e in union]  # fmt: skip
+        return f"config key {key}={first.get('input')!r}: use {' or '.join(forms)}"
     if first["type"] == "missing":
         return f"config key {key} is missing; add it to the config or set +{key}=..."
     if first["type"] == "extra_forbidden":

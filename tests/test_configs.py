@@ -147,7 +147,7 @@ def test_every_experiment_composes(hydra_ctx, experiment):
         ("train.batch_size=0", "config key train.batch_size=0: must be ≥ 1"),
         ("train.epochs=0", "config key train.epochs=0: must be ≥ 1"),
         ("search.top_k=0", "config key search.top_k=0: must be ≥ 1"),
-        ("readapt.alpha=abc", "config key readapt.alpha='abc': Input should be a valid number"),
+        ("readapt.alpha=abc", "config key readapt.alpha='abc': use a number or one of 'auto'"),
         ("train.batching=fast", "config key train.batching='fast': use one of 'paper' or 'packed'"),
         (
             "readapt.knowledge_scaling=x",

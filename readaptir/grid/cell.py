@@ -21,12 +21,15 @@ from typing import Any
 
 from readaptir.config import CellConfig
 from readaptir.data.beir import ensure_dataset
-from readaptir.evaluate import paired_test
+from readaptir.evaluate import evaluate_run, paired_test
 from readaptir.grid import stages
-from readaptir.grid.keys import CellInputs, cell_keys
+from readaptir.grid.alpha import crossfit
+from readaptir.grid.keys import CellInputs, at_alpha, cell_keys
 from readaptir.grid.record import CellRecord
+from readaptir.grid.select import select_alpha
 from readaptir.logs import ProgressLog, quiet_libraries
 from readaptir.models.hub import resolve_models
+from readaptir.retrieval.runs import RUN_FILE, read_run
 from readaptir.runtime import Runtime, dist_state, distributed
 from readaptir.store.artifacts import ArtifactStore
 from readaptir.tracking import Tracker, start_tracker
@@ -108,9 +111,9 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
                 del retriever
             base, base_q = stages.score(store, keys["base_run"], cfg, data) if runtime.main else ({}, {})
         record.set_metrics(base)
-        if "ra_run" in keys:
+        if "adapter" in keys:  # RE-Adapt applies to this cell
             _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q)
-        record.artifacts = keys
+        record.artifacts = {**keys, **record.artifacts}  # auto cells add the products at each chosen α
         record.artifact_events = store.events
         if runtime.main:
             record.write(out_dir / "results.json", results_path)
@@ -125,23 +128,42 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
 
 
 def _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q) -> None:
-    """Knowledge adapter → readapted retriever → its retrieval → scores and the paired test."""
+    """Knowledge adapter → (α selection →) readapted retriever → its retrieval → scores and the paired test."""
     timings = record.timings
     with timed(timings, "train_adapter"):
         adapter, record.train = stages.train_adapter(cfg, store, keys, inputs, folders.pretrained, tracker)
     with timed(timings, "readapt_and_evaluate"):
-        if store.missing(keys["ra_run"]):
-            model = stages.readapt(cfg, store, keys["readapted"], folders, adapter, runtime)
-            retriever = stages.dense_retriever(cfg, model, folders, runtime)
-            stages.retrieve(store, keys["ra_index"], keys["ra_run"], retriever, data, cfg.search.top_k)
-            del retriever, model
+        if cfg.readapt.auto:
+            sel = select_alpha(cfg, store, keys, folders, adapter, runtime, data)
+            runs = {}
+            for alpha in sorted(set(sel.chosen)):  # one full encoding per distinct chosen α
+                ra_keys = cell_keys(at_alpha(cfg, alpha), runtime, inputs)
+                runs[alpha] = _ra_run(at_alpha(cfg, alpha), store, ra_keys, folders, adapter, runtime, data)
+                record.artifacts.update(
+                    {f"{k}@{alpha:g}": ra_keys[k] for k in ("readapted", "ra_index", "ra_run")}
+                )
+            run = crossfit(runs, sel.fold_plan(), sel.chosen) if runtime.main else {}
+            record.alpha_selection = sel.record()
+            reports = [store.path(record.artifacts[f"readapted@{a:g}"]) / "report.json" for a in sorted(runs)]
+        else:
+            run = _ra_run(cfg, store, keys, folders, adapter, runtime, data)
+            reports = [store.path(keys["readapted"]) / "report.json"]
         if not runtime.main:
             return
-        ra, ra_q = stages.score(store, keys["ra_run"], cfg, data)
+        ra, ra_q = evaluate_run(data.qrels, run, cfg.evaluate.k_values, cfg.dataset.extra_metrics)
     record.set_metrics(record.base, ra)
     record.significance = {"metric": "NDCG@10", **paired_test(base_q, ra_q)}
-    report = store.path(keys["readapted"]) / "report.json"
-    record.delta_report = json.loads(report.read_text()) if report.is_file() else {}
+    record.delta_report = json.loads(reports[0].read_text()) if reports[0].is_file() else {}
+
+
+def _ra_run(cfg, store, keys, folders, adapter, runtime, data) -> dict:
+    """The readapted retriever's run at ``cfg``'s α, built only when the store lacks it (main: read back)."""
+    if store.missing(keys["ra_run"]):
+        model = stages.readapt(cfg, store, keys["readapted"], folders, adapter, runtime)
+        retriever = stages.dense_retriever(cfg, model, folders, runtime)
+        stages.retrieve(store, keys["ra_index"], keys["ra_run"], retriever, data, cfg.search.top_k)
+        del retriever, model
+    return read_run(store.path(keys["ra_run"]) / RUN_FILE) if runtime.main else {}
 
 
 def _tracker(cfg: CellConfig, record: CellRecord, runtime: Runtime) -> Tracker:

@@ -7,6 +7,10 @@ plus its parents' keys (:func:`readaptir.store.artifacts.make_key`):
     base_weights ─┬→ base_index → base_run ──────────────┐
                   └→ readapted (α, β, scaling) → ra_index → ra_run ─→ result
 
+With ``readapt.alpha=auto`` a ``selection`` product (α chosen on withheld queries over a candidate pool
+drawn from ``base_index`` and a BM25 index) takes the place of the readapted chain; the readapted products
+then exist per chosen α, keyed by the same graph at that α (:func:`at_alpha`).
+
 :func:`cell_keys` derives the whole chain before anything loads; the cell then builds only what is
 missing, and plan mode calls the same function, so plan and run can never disagree. A new product joins
 by adding one :class:`Product` to :func:`cell_products`; nothing else needs plumbing. Inputs enter by
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from readaptir.config import CellConfig
+from readaptir.config import CellConfig, ModelSpec
 from readaptir.data.beir import dataset_dir, load_qrels
 from readaptir.data.subsets import KnowledgeSubset, knowledge_subset, relevant_doc_ids
 from readaptir.runtime import Runtime, dtype_name
@@ -149,6 +153,12 @@ def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, bas
                "precision": runtime.train_precision, "world_size": runtime.world_size,
                "pretrained": model_identity(m.pretrained)}  # fmt: skip
     r = cfg.readapt
+    if r.auto:  # α is chosen first; the readapted products then follow at the chosen α (alpha_keys)
+        return {
+            "tokens": Product("tokens", tokens),
+            "adapter": Product("adapter", adapter, ("tokens",)),
+            **_selection_products(cfg, runtime, inputs),
+        }
     return {
         "tokens": Product("tokens", tokens),
         "adapter": Product("adapter", adapter, ("tokens",)),
@@ -162,6 +172,30 @@ def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, bas
     }
 
 
+BM25 = ModelSpec(name="bm25", kind="lexical", readapt=False, stemmer="english", stopwords="en")
+
+
+def _selection_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -> dict[str, Product]:
+    """``selection`` (α chosen on withheld queries over a pool), with the BM25 index the pool draws from."""
+    bm25 = _retrieval_products(cfg.model_copy(update={"model": BM25}), runtime, inputs)
+    qrels = {p.stem: file_fingerprint(p) for p in sorted((inputs.eval_root / "qrels").glob("*.tsv"))}
+    r = cfg.readapt
+    fields = {**r.alpha_selection.model_dump(), "candidates": list(r.alpha_selection.candidates()),
+              "beta": r.beta, "knowledge_scaling": r.knowledge_scaling, "split": cfg.dataset.split,
+              "zero_shot": cfg.model.name not in cfg.dataset.seen_by, "qrels": qrels,
+              "queries": file_fingerprint(inputs.eval_root / "queries.jsonl")}  # fmt: skip
+    return {
+        "bm25_weights": bm25["base_weights"],
+        "bm25_index": Product("index", bm25["base_index"].fields, ("bm25_weights",)),
+        "selection": Product("selection", fields, ("base_index", "adapter", "bm25_index")),
+    }
+
+
+def at_alpha(cfg: CellConfig, alpha: float) -> CellConfig:
+    """The same cell with a fixed α (an auto cell's readapted products at a chosen α)."""
+    return cfg.model_copy(update={"readapt": cfg.readapt.model_copy(update={"alpha": float(alpha)})})
+
+
 def cell_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None = None) -> dict[str, Product]:
     """The cell's product graph (readapted products only when RE-Adapt applies to the cell)."""
     inputs = inputs or CellInputs.of(cfg)
@@ -169,7 +203,7 @@ def cell_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None =
     runs: tuple[str, ...] = ("base_run",)
     if cfg.model.readapt and cfg.model.kind == "dense" and inputs.subset.applicable:
         products.update(_readapt_products(cfg, runtime, inputs, products))
-        runs = ("base_run", "ra_run")
+        runs = ("base_run", "selection" if cfg.readapt.auto else "ra_run")
     e = cfg.evaluate
     result = {"k_values": sorted(set(e.k_values)), "extra_metrics": list(cfg.dataset.extra_metrics)}
     products["result"] = Product("result", result, runs, stored=False)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from readaptir.config import CONF_DIR, CellConfig
 from readaptir.grid.keys import CellInputs, cell_products, resolve
 from readaptir.grid.record import CellCoords
-from readaptir.grid.workload import Work, encode_work, train_work
+from readaptir.grid.workload import Work, alpha_work, encode_work, train_work
 from readaptir.runtime import Runtime
 from readaptir.store.artifacts import ArtifactStore
 
@@ -53,6 +53,7 @@ class CellPlan:
     train: Work  # the knowledge adapter's training (× epochs)
     encode: Work  # one corpus encoding of the evaluated dataset
     done: bool
+    alpha: tuple[str, Work] | None = None  # alpha=auto: (selection protocol, pool + chosen-α encodings)
 
     @property
     def label(self) -> str:
@@ -65,6 +66,8 @@ class CellPlan:
             return gpu_hours(self.cfg, self.train.tokens, 0)[0]
         if node in ("base_index", "ra_index") and self.cfg.model.kind == "dense":
             return gpu_hours(self.cfg, 0, self.encode.tokens)[1]
+        if node == "selection" and self.alpha is not None:
+            return gpu_hours(self.cfg, 0, self.alpha[1].tokens)[1]
         return 0.0
 
 
@@ -98,8 +101,9 @@ def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
     missing = frozenset(n for n in stored if not store.is_done(keys[n]))
     train = train_work(cfg, inputs) if "adapter" in keys else Work()
     done = CellCoords.of(cfg).store_path(cfg.paths.results_dir).is_file()
+    auto = alpha_work(cfg, inputs) if "selection" in keys else None
     return CellPlan(
-        cfg, applicable, inputs.subset.reason, keys, stored, missing, train, encode_work(cfg), done
+        cfg, applicable, inputs.subset.reason, keys, stored, missing, train, encode_work(cfg), done, auto
     )
 
 
@@ -136,9 +140,12 @@ def describe_cell(cfg: CellConfig, earlier: Sequence[CellPlan] = ()) -> str:
     if "adapter" in p.missing:
         what = f"train {cfg.adapter.method} adapter on {cfg.adapter.corpus} ({cfg.ablation.name}, {cfg.train.batching} batching)"
         steps.append(_step(p, "adapter", what, p.train, owner))
-    for node, what in (("base_index", "base"), ("ra_index", f"readapted (α={c.alpha:g} β={c.beta:g})")):
+    for node, what in (("base_index", "base"), ("ra_index", f"readapted (α={c.alpha_text} β={c.beta:g})")):
         if node in p.missing:
             steps.append(_step(p, node, f"encode {what} corpus", p.encode, owner))
+    if "selection" in p.missing and p.alpha is not None:
+        what = f"select α on {p.alpha[0]} queries, then encode the corpus at each chosen α"
+        steps.append(_step(p, "selection", what, p.alpha[1], owner))
     reused = sorted(p.stored - p.missing)
     steps.append("evaluate, write results.json" + (f" (reusing {', '.join(reused)})" if reused else ""))
     return head + ":\n    " + "\n    ".join(steps)
@@ -165,7 +172,7 @@ class Totals:
 
     @property
     def total_hours(self) -> float:
-        return self.hours("adapter", "base_index", "ra_index")
+        return self.hours("adapter", "base_index", "ra_index", "selection")
 
     def lines(self) -> list[str]:
         plans = self.plans

@@ -38,7 +38,7 @@ class CellCoords(BaseModel):
     dataset: str
     adapter: str
     ablation: str
-    alpha: float
+    alpha: float | Literal["auto"]
     beta: float
     knowledge_scaling: str = "delta"
 
@@ -55,8 +55,12 @@ class CellCoords(BaseModel):
         )
 
     @property
+    def alpha_text(self) -> str:
+        return self.alpha if isinstance(self.alpha, str) else f"{self.alpha:g}"
+
+    @property
     def name(self) -> str:
-        return f"{self.adapter}-{self.ablation}-a{self.alpha:g}-b{self.beta:g}-{self.knowledge_scaling}"
+        return f"{self.adapter}-{self.ablation}-a{self.alpha_text}-b{self.beta:g}-{self.knowledge_scaling}"
 
     def store_path(self, results_dir: str | os.PathLike) -> Path:
         return Path(results_dir).expanduser().resolve() / self.model / self.dataset / f"{self.name}.json"
@@ -82,6 +86,7 @@ class CellRecord(BaseModel):
     delta: dict[str, float] = {}
     significance: dict[str, Any] = {}
     delta_report: dict[str, Any] = {}
+    alpha_selection: dict[str, Any] = {}  # alpha=auto: protocol, per-α selection scores, chosen α per fold
     train: dict[str, Any] = {}
     timings: dict[str, float] = {}
     artifacts: dict[str, str] = {}
@@ -126,7 +131,7 @@ class CellRecord(BaseModel):
         if self.readapt:
             head = (
                 f"{c.model} × {c.dataset} × adapter={c.adapter} × ablation={c.ablation} "
-                f"(α={c.alpha:g}, β={c.beta:g}, {c.knowledge_scaling})"
+                f"(α={c.alpha_text}, β={c.beta:g}, {c.knowledge_scaling})"
             )
         else:
             head = f"{c.model} × {c.dataset} (baseline: base model only, RE-Adapt does not apply)"
@@ -140,6 +145,9 @@ class CellRecord(BaseModel):
                     f"  (p={p:.3g})" if p is not None else ""
                 )
             lines.append(line)
+        if self.alpha_selection:
+            s = self.alpha_selection
+            lines.append(f"  α chosen on {s['protocol']} queries: {', '.join(f'{a:g}' for a in s['chosen'])}")
         built = sum(not e["reused"] for e in self.artifact_events)
         lines.append(f"  artifacts: {built} built, {len(self.artifact_events) - built} reused")
         if path:

@@ -54,3 +54,26 @@ def train_work(cfg: CellConfig, inputs: CellInputs) -> Work:
 def encode_work(cfg: CellConfig) -> Work:
     n = cfg.dataset.corpus_size
     return Work(n, round(n * min(tokens_per_passage(cfg.dataset, cfg), cfg.model.passage_max_len)))
+
+
+def alpha_work(cfg: CellConfig, inputs: CellInputs) -> tuple[str, Work]:
+    """``(protocol, work)`` of an ``alpha=auto`` cell's choice of α: pool encodings over every candidate,
+    then at most one full readapted encoding per distinct chosen α (one fold, or up to the folds).
+
+    Without the data the protocol is unknown and the bound is cross-fitting's; a pool holds at most each
+    selection query's two top-``pool_depth`` lists and its judged passages (≈ 5), capped by the corpus.
+    """
+    from readaptir.grid.alpha import selection_split
+
+    s = cfg.readapt.alpha_selection
+    protocol = selection_split(
+        inputs.eval_root, cfg.dataset.split, cfg.model.name not in cfg.dataset.seen_by
+    )[0]
+    if not (inputs.eval_root / "qrels").is_dir():
+        protocol = "crossfit (assumed: no qrels here yet)"
+    n = len(s.candidates())
+    pool = min(cfg.dataset.corpus_size, s.max_queries * (2 * s.pool_depth + 5)) * n
+    full = min(s.folds, n) if protocol.startswith("crossfit") else 1
+    one = encode_work(cfg)
+    per = one.tokens / max(one.passages, 1)
+    return protocol, Work(pool + full * one.passages, round((pool + full * one.passages) * per))

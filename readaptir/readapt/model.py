@@ -29,7 +29,7 @@ from readaptir.readapt.weights import ReadaptError, retriever_config
 log = logging.getLogger(__name__)
 
 
-def _model_from_state_dict(config, state_dict: dict[str, torch.Tensor], device: str | torch.device):
+def model_from_state_dict(config, state_dict: dict[str, torch.Tensor], device: str | torch.device):
     """AutoModel with ``state_dict`` as its parameters, never allocating a second copy of the weights.
 
     Parameters are created on the meta device (buffers such as rotary ``inv_freq`` stay real, which is why
@@ -60,7 +60,7 @@ def build_readapted_model(
     """``(AutoModel in eval mode — LlamaModel/MistralModel, no LM head — with readapted weights, report)``."""
     pre_dir, ret_dir = resolve_model_dir(pretrained), resolve_model_dir(retriever)
     state_dict, report = readapt(pre_dir, ret_dir, knowledge_adapter, alpha, beta, knowledge_scaling, dtype)
-    return _model_from_state_dict(retriever_config(pre_dir, ret_dir), state_dict, device), report
+    return model_from_state_dict(retriever_config(pre_dir, ret_dir), state_dict, device), report
 
 
 def load_base_retriever(

@@ -1,0 +1,143 @@
+"""readapt.alpha=auto: selection queries never reported, α=0 always a candidate, cross-fitting, the pool,
+the linear fast path, and an auto cell end to end on the tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from readaptir.config import AlphaSelection, CellConfig
+from readaptir.data.beir import load_qrels
+from readaptir.grid.alpha import candidate_pool, choose, crossfit, judged, plan_selection
+from readaptir.readapt.arithmetic import readapt
+from readaptir.readapt.line import KnowledgeLine
+from readaptir.readapt.model import load_base_retriever
+
+SETTINGS = AlphaSelection(max_queries=20, folds=4, pool_depth=10)
+
+
+def test_zero_is_always_a_candidate():
+    assert AlphaSelection(grid=(0.5, 1.0)).candidates() == (0.0, 0.5, 1.0)
+    assert AlphaSelection().candidates() == (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_ties_go_to_the_candidate_nearest_half():
+    assert choose({0.0: 0.3, 0.25: 0.5, 0.75: 0.5}) == 0.25  # equally far from 0.5: the smaller α
+    assert choose({0.0: 0.3, 0.5: 0.5, 1.0: 0.5}) == 0.5
+    assert choose({0.0: 0.6, 0.5: 0.5}) == 0.0  # the retriever alone wins when the knowledge hurts
+
+
+def test_train_protocol_never_selects_on_reported_queries(toy_dir):
+    reported = judged(load_qrels(toy_dir, "test"))
+    plan = plan_selection(toy_dir, "test", True, reported, SETTINGS)
+    assert plan.protocol == "train" and len(plan.folds) == 1
+    assert len(plan.folds[0].select) == 20 and set(plan.folds[0].report) == set(reported)
+    assert not plan.selection_ids() & set(reported)
+    # A retriever trained on this dataset must not select on its training queries: cross-fit instead.
+    assert plan_selection(toy_dir, "test", False, reported, SETTINGS).protocol == "crossfit"
+
+
+def _only_test_qrels(tmp_path: Path, toy_dir: Path) -> Path:
+    root = tmp_path / "testonly"
+    shutil.copytree(toy_dir, root)
+    (root / "qrels" / "train.tsv").unlink()
+    return root
+
+
+def test_crossfit_scores_each_query_at_an_alpha_chosen_without_it(tmp_path, toy_dir):
+    root = _only_test_qrels(tmp_path, toy_dir)
+    reported = judged(load_qrels(root, "test"))
+    plan = plan_selection(root, "test", True, reported, SETTINGS)
+    assert plan.protocol == "crossfit" and len(plan.folds) == 4
+    seen = [q for f in plan.folds for q in f.report]
+    assert sorted(seen) == sorted(reported)  # every reported query in exactly one fold
+    for fold in plan.folds:
+        assert not set(fold.select) & set(fold.report)  # its α is chosen without it
+    # Runs at two α: each fold's queries must come from the run at that fold's α.
+    runs = {a: {q: {"d": a} for q in reported} for a in (0.25, 0.75)}
+    chosen = [0.25, 0.75, 0.25, 0.75]
+    run = crossfit(runs, plan.folds, chosen)
+    for fold, a in zip(plan.folds, chosen, strict=True):
+        assert all(run[q] == {"d": a} for q in fold.report)
+
+
+def test_pool_holds_every_judged_passage_of_the_selection_queries():
+    qrels = {"q1": {"a": 1, "z": 2, "missing": 1}, "q2": {"b": 0}}
+    runs = [{"q1": {"c": 3.0, "d": 2.0, "e": 1.0}}, {"q1": {"f": 1.0}, "q2": {"g": 2.0}}]
+    pool = candidate_pool(["q1", "q2"], runs, qrels, depth=2, corpus_ids=set("abcdefgz"))
+    assert pool == ["a", "b", "c", "d", "f", "g", "z"]  # top-2 of each run ∪ judged docs in the corpus
+
+
+def test_linear_path_matches_readapt(tmp_path, tiny_llama):
+    from test_readapt import make_adapter
+
+    adapter = make_adapter(tiny_llama.pretrained, tmp_path / "dora", use_dora=True)
+    line = KnowledgeLine.open(tiny_llama.pretrained, tiny_llama.retriever, adapter)
+    for alpha in (0.0, 0.5, 1.0):
+        want, _ = readapt(tiny_llama.pretrained, tiny_llama.retriever, adapter, alpha=alpha)
+        got = line.weights(alpha)
+        assert max(float((got[k] - want[k]).abs().max()) for k in want) <= 1e-6
+    # α = 0 is the base retriever to the bit, and moving a model along the line sets exactly W(α).
+    model = line.model(0.0)
+    base = load_base_retriever(tiny_llama.pretrained, tiny_llama.retriever)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), base.state_dict().values(), strict=True)
+    )
+    line.move(model, 0.5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in line.weights(0.5).items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crossfitted", [False, True])
+def test_auto_cell_end_to_end(tmp_path, toy_dir, crossfitted, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from readaptir.grid.cell import run_cell
+
+    data = tmp_path / "data"
+    root = _only_test_qrels(data, toy_dir) if crossfitted else shutil.copytree(toy_dir, data / "toy")
+    if crossfitted:
+        root.rename(data / "toy")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        raw = compose("config", overrides=["readapt.alpha=auto", "dataset.builtin=false", "tracking.backend=none",
+                                           f"paths.data_dir={data}", f"paths.cache_dir={tmp_path / 'cache'}",
+                                           "train.max_passages=24", "readapt.alpha_selection.folds=3"])  # fmt: skip
+    GlobalHydra.instance().clear()
+    record = run_cell(CellConfig.from_hydra(raw), tmp_path / "job")
+    sel = record.alpha_selection
+    assert record.status == "done" and record.cell.alpha == "auto"
+    assert sel["protocol"] == ("crossfit" if crossfitted else "train")
+    assert len(sel["chosen"]) == (3 if crossfitted else 1) and all(
+        a in sel["candidates"] for a in sel["chosen"]
+    )
+    assert all(set(f["scores"]) == {"0", "0.25", "0.5", "0.75", "1"} for f in sel["folds"])
+    assert sel["pool_size"] <= 240 and sel["pool_encodings"] == 5
+    for alpha in set(sel["chosen"]):
+        assert f"ra_run@{alpha:g}" in record.artifacts
+    stored = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert stored["alpha_selection"] == sel and 0 <= stored["readapted"]["NDCG@10"] <= 1
+
+
+def test_plan_prices_auto_cells(tmp_path, monkeypatch):
+    from readaptir.grid.plan import Totals, describe_cell, grid_configs, plan_cell
+
+    monkeypatch.setenv("READAPTIR_CACHE", str(tmp_path))
+    monkeypatch.setenv("READAPTIR_DATA", str(tmp_path / "nodata"))
+    cell = [("repllama", "scifact", "in-domain", "both")]
+    fixed = plan_cell(next(iter(grid_configs(cell))))
+    auto = plan_cell(next(iter(grid_configs(cell, ["readapt.alpha=auto"]))))
+    text = describe_cell(auto.cfg)
+    assert "select α on crossfit" in text and "encode the corpus at each chosen α" in text
+    # SciFact (5,183 passages) with 5 candidates: the pool covers the corpus, so selection costs five
+    # encodings, plus up to min(folds, candidates) = 5 full ones when cross-fitted.
+    assert auto.hours("selection") == pytest.approx(10 * fixed.hours("ra_index"), rel=1e-6)
+    assert Totals((auto,)).total_hours == pytest.approx(
+        fixed.hours("adapter") + fixed.hours("base_index") + 10 * fixed.hours("ra_index"), rel=1e-6
+    )
