@@ -141,3 +141,36 @@ def test_plan_prices_auto_cells(tmp_path, monkeypatch):
     assert Totals((auto,)).total_hours == pytest.approx(
         fixed.hours("adapter") + fixed.hours("base_index") + 10 * fixed.hours("ra_index"), rel=1e-6
     )
+
+
+def _record(root: Path, alpha, ra: float, selection: dict | None = None) -> None:
+    from readaptir.grid.record import CellCoords, CellRecord
+
+    coords = CellCoords(
+        model="repllama", dataset="scifact", adapter="in-domain", ablation="both", alpha=alpha, beta=1.0
+    )
+    rec = CellRecord(
+        cell=coords, base={"NDCG@10": 0.70}, readapted={"NDCG@10": ra}, alpha_selection=selection or {}
+    )
+    rec.write(coords.store_path(root))
+
+
+def test_alpha_table_and_selection_plot(tmp_path):
+    from readaptir.report.render import render
+
+    sel = {"protocol": "crossfit", "split": "test", "candidates": [0.0, 0.5, 1.0], "chosen": [0.0, 1.0],
+           "folds": [{"n_select": 5, "n_report": 3, "scores": {"0": 0.5, "0.5": 0.4, "1": 0.3}, "chosen": 0.0},
+                     {"n_select": 5, "n_report": 3, "scores": {"0": 0.3, "0.5": 0.4, "1": 0.6}, "chosen": 1.0}],
+           "pool_size": 50, "pool_encodings": 3, "cost_vs_full_encodings": 0.03}  # fmt: skip
+    _record(tmp_path / "res", 0.5, 0.72)
+    _record(tmp_path / "res", "auto", 0.74, sel)
+    md = render("alpha", tmp_path / "res", tmp_path / "out", models=["repllama"], datasets=["scifact"])
+    row = next(line for line in md.splitlines() if line.startswith("| scifact"))
+    assert row == "| scifact | 70.0 | 72.0 | 74.0 | 0/1 (cv) | +2.0 |"
+    assert (tmp_path / "out" / "alpha.png").read_bytes()[:4] == b"\x89PNG"
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "alpha.md",
+        "alpha.tex",
+        "alpha.csv",
+        "alpha.png",
+    }

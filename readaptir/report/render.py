@@ -3,7 +3,7 @@
     python -m readaptir.report table1 --results-dir cache/results --out experiments/table1
     python -m readaptir.report table1 --results-dir cache/results --out /tmp/demo \\
         --models tiny-llama,tiny-mistral --datasets toy
-    python -m readaptir.report {table1,table2,table3,figure2} ... [--alpha 0.5 --beta 1.0 --scaling delta]
+    python -m readaptir.report {table1,table2,table3,figure2,alpha} ... [--alpha 0.5 --beta 1.0 --scaling delta]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from readaptir.fs import atomic_write
 from readaptir.report import paper
+from readaptir.report.alpha import render_alpha
 from readaptir.report.figure import figure2
 from readaptir.report.results import (
     CONF_DATASET_DIR,
@@ -31,12 +32,13 @@ from readaptir.report.tables import TABLE_BUILDERS, table1
 
 log = logging.getLogger(__name__)
 
-TABLES = ("table1", "table2", "table3", "figure2")
+TABLES = ("table1", "table2", "table3", "figure2", "alpha")
 DEFAULT_DATASETS = {
     "table1": paper.DATASETS,
     "table2": paper.TABLE2_DATASETS,
     "table3": paper.BEIR_DATASETS,
     "figure2": paper.DATASETS,
+    "alpha": paper.DATASETS,
 }
 
 
@@ -85,6 +87,8 @@ def render(
     ds = DEFAULT_DATASETS[name] if datasets is None else datasets
     if name == "figure2":
         return figure2(res, out_dir, models, ds, selection, meta)
+    if name == "alpha":
+        return render_alpha(res, out_dir, models, ds, selection)
     if name == "table1":
         return write_table(table1(res, models, ds, selection, meta, baselines), out_dir)
     return write_table(TABLE_BUILDERS[name](res, models, ds, selection, meta), out_dir)

@@ -34,13 +34,14 @@ SIGNIFICANCE_LEVEL = 0.05
 class Selection:
     """Which point of the (α, β, knowledge_scaling) grid to render, and on which metric."""
 
-    alpha: float = 0.5
+    alpha: float | str = 0.5  # a number, or "auto" (α chosen on withheld queries)
     beta: float = 1.0
     knowledge_scaling: str = "delta"
     metric: str = "NDCG@10"
 
     def describe(self) -> str:
-        return f"α={float(self.alpha)}, β={float(self.beta)}, knowledge_scaling={self.knowledge_scaling}"
+        alpha = self.alpha if isinstance(self.alpha, str) else float(self.alpha)
+        return f"α={alpha}, β={float(self.beta)}, knowledge_scaling={self.knowledge_scaling}"
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class CellResult:
 
 def _key(model: str, dataset: str, adapter: str, ablation: str, alpha: float, beta: float, scaling: str):
     # Round α/β so 0.5 parsed from "0.5" and from 0.50000000001 meet in the index.
-    return (model, dataset, adapter, ablation, round(float(alpha), 6), round(float(beta), 6), scaling)
+    a = alpha if isinstance(alpha, str) else round(float(alpha), 6)
+    return (model, dataset, adapter, ablation, a, round(float(beta), 6), scaling)
 
 
 class Results:

@@ -32,8 +32,11 @@ class Cell:
     signed: bool = False
     dagger: bool = False
     p_value: float | None = None
+    label: str = ""  # a text cell (e.g. the α an auto cell chose) instead of a number
 
     def text(self) -> str:
+        if self.label:
+            return self.label
         if self.value is None:
             return DASH
         # Round half away from zero like a printed table (79.25 -> 79.3, not Python's half-even 79.2);
@@ -131,7 +134,7 @@ class Table:
         for labels, cells in self.rows:
             row = list(labels)
             for cell, has_p in zip(cells, marked, strict=True):
-                row.append("" if cell.value is None else f"{cell.value:.4f}")
+                row.append(cell.label or ("" if cell.value is None else f"{cell.value:.4f}"))
                 if has_p:
                     row.append("" if cell.p_value is None else f"{cell.p_value:.4g}")
             writer.writerow(row)
