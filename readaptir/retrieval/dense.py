@@ -5,12 +5,10 @@
   right-padded rows.
 - Position ids are derived from the mask, so a left-padded row sees positions 0..n-1 like an unpadded one.
 - Speed: texts are sorted by length and packed into batches of at most ``token_budget`` padded tokens
-  (:func:`make_batches`): padding ≈ 2–5% instead of ≈ 66% in arrival order. With ``attention="varlen"``
-  (what :class:`readaptir.runtime.Runtime` picks on CUDA in bf16/fp16) there is no padding at all: passages
-  are packed into rows of up to ``token_budget`` tokens, attention stays inside each passage (the fused
-  varlen kernel, :mod:`readaptir.attention`) and each passage is pooled at its own EOS: the same vectors as
-  one at a time. CPU keeps sorted padded batches (the per-passage reference is slower there). Under a
-  multi-GPU launch each process encodes every ``world``-th batch (``shard``).
+  (:func:`make_batches`): padding ≈ 2–5% instead of ≈ 66% in arrival order. ``attention="varlen"`` (the
+  Runtime's pick on CUDA in half precision): no padding at all, passages packed into rows of up to
+  ``token_budget`` tokens, isolated by the fused kernel (:mod:`readaptir.attention`), each pooled at its
+  own EOS. Under a multi-GPU launch each process encodes every ``world``-th batch (``shard``).
 
     retriever = DenseRetriever(model, tokenizer, DensePrompts.of(model_spec, dataset_spec), encode, search)
     run = retriever.search(retriever.open_index(path), retriever.encode_queries(queries), top_k=1000)
@@ -179,15 +177,10 @@ def encode_ids(
         if bi % world != rank:
             continue
         ids = [rows[i] for i in batch]
-        vecs = (
-            (
-                embed_packed(model, ids, eos_id, normalize)
-                if attention == "varlen"
-                else embed_batch(model, ids, pad_id, eos_id, normalize=normalize)
-            )
-            .cpu()
-            .numpy()
-        )
+        if attention == "varlen":
+            vecs = embed_packed(model, ids, eos_id, normalize).cpu().numpy()
+        else:
+            vecs = embed_batch(model, ids, pad_id, eos_id, normalize=normalize).cpu().numpy()
         if write is not None:
             write(batch, vecs)
         else:

@@ -72,10 +72,14 @@ STATS_KEYS = (
 )
 
 
-def _batch(seqs: list[list[int]], batching: str, pad_id: int, varlen: bool, device: torch.device):
-    """Model inputs and targets on ``device``; pinned and copied asynchronously on CUDA, so building the
-    next batch never waits for the GPU."""
-    batch = make_batch(seqs, batching, pad_id, varlen)
+def _batch(
+    cache: TokenCache, rows, special: tuple[int, int, int], train: TrainSettings, varlen: bool, device
+):
+    """Model inputs and targets of these cache rows on ``device``; pinned and copied asynchronously on
+    CUDA, so building the next batch never waits for the GPU."""
+    bos, eos, pad_id = special
+    seqs = [passage_ids(cache.get(int(r)), bos, eos, train.max_tokens) for r in rows]
+    batch = make_batch(seqs, train.batching, pad_id, varlen)
     targets = Targets.of(batch.pop("labels"))
     cuda = device.type == "cuda"
 
@@ -84,6 +88,16 @@ def _batch(seqs: list[list[int]], batching: str, pad_id: int, varlen: bool, devi
 
     inputs = {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return inputs, Targets(move(targets.index), move(targets.ids))
+
+
+def _update(accelerator, loss: torch.Tensor, trainable, train: TrainSettings, optimizer, scheduler):
+    """Backward, clip, optimizer and schedule step; returns the gradient norm before clipping (on device)."""
+    accelerator.backward(loss)
+    norm = accelerator.clip_grad_norm_(trainable, train.max_grad_norm or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def _progress(
@@ -128,12 +142,10 @@ def train_knowledge_adapter(
     ``out_dir`` receives the PEFT adapter (``adapter_model.safetensors`` + ``adapter_config.json``) and
     ``train_stats.json``; ``work_dir`` holds checkpoints and must be stable across restarts of the same
     run (``ArtifactStore.work_dir(key)``); an existing checkpoint there is resumed; the caller removes it
-    once the adapter is published. ``model`` (optional) is an already-built causal LM used instead of
-    loading ``pretrained`` (benchmarks with random weights). ``attention``: ``sdpa`` or ``varlen``; by
-    default what :meth:`readaptir.runtime.Runtime.train_attention` picks (the backend the adapter's key
-    names). ``on_step(step, metrics)`` is called after every optimizer step (and its checkpoint) with the
-    step's ``loss`` and ``grad_norm`` as device tensors (reading them waits for the GPU). Returns the stats
-    dict (see ``STATS_KEYS``).
+    once the adapter is published. ``model``: an already-built causal LM instead of ``pretrained``
+    (benchmarks). ``attention``: sdpa | varlen, default :meth:`readaptir.runtime.Runtime.train_attention`
+    (what the adapter's key names). ``on_step(step, metrics)`` runs after every step (and its checkpoint)
+    with ``loss`` and ``grad_norm`` as device tensors. Returns the stats dict (see ``STATS_KEYS``).
     """
     t_start = time.time()
     recipe, train = typed(AdapterRecipe, adapter_cfg), typed(TrainSettings, train_cfg)
@@ -142,7 +154,7 @@ def train_knowledge_adapter(
     accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
     world, rank = accelerator.num_processes, accelerator.process_index
     plan = plan_data(cache, recipe, train, include, exclude, world)
-    bos, eos, pad_id = special_ids(pretrained)
+    special = special_ids(pretrained)  # bos, eos, pad
     peft_model, optimizer, scheduler, trainable = setup_training(
         pretrained, recipe, train, model, accelerator, plan.total_steps, attention
     )
@@ -153,21 +165,15 @@ def train_knowledge_adapter(
     bar = _progress(recipe, train, plan, world, n_params, counters, accelerator.is_local_main_process)
     monitor, total, final_loss = Monitor(counters, accelerator.device, world), plan.total_steps, float("nan")
     for step in range(start_step, total):
-        seqs = [
-            passage_ids(cache.get(int(r)), bos, eos, train.max_tokens)
-            for r in plan.rows_of(step, world, rank)
-        ]
-        inputs, targets = _batch(seqs, train.batching, pad_id, attention == "varlen", accelerator.device)
+        rows = plan.rows_of(step, world, rank)
+        inputs, targets = _batch(cache, rows, special, train, attention == "varlen", accelerator.device)
         counts = plan.counts(step, world)  # global [targets, passages, tokens, padding], from the plan
         with accelerator.autocast():
             loss_sum = target_loss_sum(peft_model, inputs, targets)
         # DDP averages the ranks' gradients; scaling each rank's loss sum by world / global targets makes
         # that the gradient of the global token-weighted mean, as in one process.
-        accelerator.backward(loss_sum * (world / max(int(counts[0]), 1)))
-        norm = accelerator.clip_grad_norm_(trainable, train.max_grad_norm or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        norm = _update(accelerator, loss_sum * (world / max(int(counts[0]), 1)), trainable, train,
+                       optimizer, scheduler)  # fmt: skip
         done = step + 1
         monitor.step(done, loss_sum, len(targets), norm, counts)
         bar.update(int(counts[1]))
