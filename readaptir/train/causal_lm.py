@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from readaptir.attention.interface import BACKENDS, register, set_attention
-from readaptir.config import AdapterRecipe, TrainSettings
 from readaptir.train.dora_norm import cache_dora_norms
+
+if TYPE_CHECKING:  # annotations only: the GPU benchmark imports this module without pydantic
+    from readaptir.config import AdapterRecipe, TrainSettings
 
 
 def load_causal_lm(
