@@ -2,7 +2,8 @@
 
 Per cell (``python run.py -m model=repllama 'dataset=glob(*)' run.plan=true``): the products the cell
 needs, by the same keys a run computes (:func:`readaptir.grid.keys.cell_keys`), which of them are already
-in the store, and GPU-hour estimates from corpus sizes and the throughputs in ``estimates:``. For a grid
+in the store, and GPU-hour estimates from corpus sizes and the throughputs in ``estimates:`` (replaced by
+the rates ``make bench-gpu`` measured on ``estimates.gpu`` when experiments/results/ holds a report). For a grid
 (``make plan`` = ``python -m readaptir.grid.plan``): cells, unique knowledge adapters and corpus
 encodings (counted by key, so the MS-MARCO adapter shared by 13 BeIR cells, and FEVER's shared with
 Climate-FEVER, count once), and the totals. Neither loads a model or touches the network.
@@ -14,7 +15,9 @@ Climate-FEVER, count once), and the totals. Neither loads a model or touches the
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from readaptir.runtime import Runtime
 from readaptir.store.artifacts import ArtifactStore
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"  # make bench-gpu's reports
 PAPER_MODELS = ["repllama", "e5-mistral"]
 ADAPTERS = ["in-domain", "msmarco"]
 ABLATIONS = ["both", "without", "with"]
@@ -76,8 +80,40 @@ def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
     return CellPlan(cfg, applicable, inputs.subset.reason, keys, stored, missing, train_n, done)
 
 
+@functools.lru_cache(maxsize=8)
+def measured_rates(gpu: str | None, results_dir: Path) -> dict | None:
+    """The newest ``make bench-gpu`` rates measured at LLaMA-2-7B shapes on a GPU whose name contains
+    ``gpu`` (e.g. ``H200``), with the report they come from; None when no report matches."""
+    if not gpu or not results_dir.is_dir():
+        return None
+    found = []
+    for path in results_dir.glob("bench_gpu-*.json"):
+        try:
+            meta = json.loads(path.read_text())["meta"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if meta.get("shape") == "llama2-7b" and gpu.lower() in str(meta.get("gpu") or "").lower():
+            found.append((str(meta.get("date", "")), path.name, path, meta.get("rates") or {}))
+    if not found:
+        return None
+    *_, path, rates = max(found)
+    return {**rates, "source": str(path)}
+
+
+def estimates(cfg: CellConfig) -> dict:
+    """``estimates:`` of the config, its rates replaced by those measured on ``estimates.gpu`` if any."""
+    est = dict(cfg.estimates)
+    measured = measured_rates(est.get("gpu"), RESULTS)
+    if measured:
+        train = measured.get("train_passages_per_s") or {}
+        est["train_passages_per_s"] = {**est["train_passages_per_s"], **{k: v for k, v in train.items() if v}}
+        est["encode_passages_per_s"] = measured.get("encode_passages_per_s") or est["encode_passages_per_s"]
+        est["source"] = measured["source"]
+    return est
+
+
 def gpu_hours(cfg: CellConfig, train_passages: int, encode_passages: int) -> tuple[float, float]:
-    est = cfg.estimates
+    est = estimates(cfg)
     train_rate = float(est["train_passages_per_s"][cfg.train.batching])
     return train_passages / train_rate / 3600, encode_passages / float(est["encode_passages_per_s"]) / 3600
 
@@ -134,6 +170,8 @@ def summarize(cfgs: Iterable[CellConfig]) -> str:
         gpu_hours(p.cfg, 0, p.cfg.dataset.corpus_size)[1] for p in [*base.values(), *readapted.values()]
     )
     cfg = plans[-1].cfg
+    est = estimates(cfg)
+    where = f"measured in {Path(est['source']).name}" if "source" in est else "in `estimates:`"
     return "\n".join([
         f"cells: {len(plans)} ({len(applicable)} applicable, {len(plans) - len(applicable)} not applicable, "
         f"{sum(p.done for p in applicable)} already done)",
@@ -141,9 +179,9 @@ def summarize(cfgs: Iterable[CellConfig]) -> str:
         f"training passages, ≈{train_h:,.0f} GPU-hours)",
         f"unique corpus encodings: {len(base) + len(readapted)} ({len(base)} base, {len(readapted)} readapted; "
         f"≈{enc_h:,.0f} GPU-hours)",
-        f"total ≈{train_h + enc_h:,.0f} GPU-hours at the throughputs in `estimates:` "
-        f"(train {cfg.estimates['train_passages_per_s'][cfg.train.batching]} passages/s, "
-        f"encode {cfg.estimates['encode_passages_per_s']} passages/s)",
+        f"total ≈{train_h + enc_h:,.0f} GPU-hours at the throughputs {where} "
+        f"(train {est['train_passages_per_s'][cfg.train.batching]} passages/s, "
+        f"encode {est['encode_passages_per_s']} passages/s)",
     ])  # fmt: skip
 
 
