@@ -168,7 +168,8 @@ def encode_ids(
     """
     lengths = [len(r) for r in rows]
     if attention == "varlen":
-        batches = [np.asarray(b) for b in pack_rows(lengths, max(token_budget, max(lengths)), max_batch_size)]
+        budget = max(token_budget, max(lengths, default=0))  # a passage longer than the budget: its own row
+        batches = [np.asarray(b) for b in pack_rows(lengths, budget, max_batch_size)]
     else:
         batches = make_batches(lengths, token_budget, max_batch_size, sort=sort)
     out = None
