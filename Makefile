@@ -18,7 +18,7 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench clean-demo
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,11 @@ table3: install ## Table 3 (MS-MARCO knowledge adapter) → experiments/table3/
 figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure2/
 	$(SWEEP) experiment=figure2
 	$(PY) -m readaptir.report figure2 --results-dir $(RESULTS) --out experiments/figure2
+
+# Without `make install` too: a bare CUDA image with torch, transformers and peft is enough (BENCH_PY=python).
+BENCH_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+bench-gpu: ## GPU throughput of every training/encoding path at 7B shapes, ≤ 8 min → experiments/results/ (BENCH_ARGS="--shape tiny --device cpu": smoke test)
+	$(BENCH_PY) experiments/bench_gpu.py $(BENCH_ARGS)
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
 	$(PY) experiments/bench_train.py

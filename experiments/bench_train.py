@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from readaptir.grid.keys import tokens_key  # noqa: E402
 from readaptir.models.tiny import LLAMA2_7B_SHAPES, ensure_tiny  # noqa: E402
 from readaptir.store.artifacts import ArtifactStore  # noqa: E402
-from readaptir.train.causal_lm import attn_implementation  # noqa: E402
 from readaptir.train.knowledge import train_knowledge_adapter  # noqa: E402
 from readaptir.train.tokens import TokenCache, ensure_token_cache, write_token_cache  # noqa: E402
 
@@ -76,7 +75,7 @@ def random_llama(shape: str, layers: int | None = None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation=attn_implementation())
+        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
     return model
 
 
@@ -107,7 +106,7 @@ def main() -> None:
         model = random_llama(args.shape, args.layers)
         print(
             f"random LLaMA {args.shape} shapes ({model.config.num_hidden_layers} layers, hidden "
-            f"{model.config.hidden_size}) built in {time.time() - t0:.0f}s, attention={attn_implementation()}"
+            f"{model.config.hidden_size}) built in {time.time() - t0:.0f}s"
         )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

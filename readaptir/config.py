@@ -152,6 +152,7 @@ class TrainSettings(_Spec):
     max_passages: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(500, ge=0)
     log_every: int = Field(10, ge=1)
+    compile: bool = False  # torch.compile each decoder layer (fused kernels round differently: in the key)
 
     def determining(self) -> dict[str, Any]:
         """The settings that change the trained adapter (not how often it is saved or logged; gradient

@@ -2,11 +2,12 @@
 
 Under ``accelerate launch`` / ``torchrun`` the launcher sets ``RANK`` and ``WORLD_SIZE``; every stage asks
 this module (never the environment) whether it is the main process, which device it owns and which dtype
-a model runs in. :class:`Runtime` freezes those answers for one cell, so that the artifact keys
-(:mod:`readaptir.grid.keys`) and the stages that build the artifacts see the same values.
+a model runs in, and which attention backend packed rows use. :class:`Runtime` freezes those answers for
+one cell, so that the artifact keys (:mod:`readaptir.grid.keys`) and the stages that build the artifacts
+see the same values.
 
     rt = Runtime.detect(encode_dtype="auto", model_dtype="bfloat16")
-    rt.device, rt.encode_dtype, rt.train_precision, rt.world_size
+    rt.device, rt.encode_dtype, rt.train_precision, rt.world_size, rt.encode_attention
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from readaptir.attention.kernels import HALF, fused_available
 from readaptir.errors import UserError
 
 
@@ -76,10 +78,21 @@ class Runtime:
     device: torch.device
     encode_dtype: torch.dtype  # base and readapted retrievers of a cell share it: RA − Base never mixes
     train_precision: str  # "bf16" (autocast on CUDA) | "fp32"
+    varlen: bool = False  # the fused variable-length attention kernel runs here (CUDA sm80+, torch ≥ 2.10)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def encode_attention(self) -> str:
+        """``varlen``: padding-free packed rows through the fused kernel; ``sdpa``: length-sorted padded
+        batches (CPU, float32, or no kernel). Base and readapted indices of a cell share it."""
+        return "varlen" if self.varlen and self.encode_dtype in HALF else "sdpa"
+
+    def train_attention(self, batching: str) -> str:
+        """``varlen`` for packed rows where the fused kernel runs (bf16 autocast), else ``sdpa``."""
+        return "varlen" if self.varlen and batching == "packed" and self.train_precision == "bf16" else "sdpa"
 
     @classmethod
     def detect(cls, encode_dtype: str | None = "auto", model_dtype: str | None = None) -> Runtime:
@@ -93,4 +106,4 @@ class Runtime:
         else:
             dtype = torch.float32  # bf16 matmuls are slow on CPU
         precision = "bf16" if torch.cuda.is_available() else "fp32"
-        return cls(rank, world, device, dtype, precision)
+        return cls(rank, world, device, dtype, precision, fused_available(device)[0])

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 import readaptir.retrieval.embeddings as emb_mod
+from readaptir.attention.interface import PATHS
 from readaptir.config import EncodeSettings, SearchSettings
 from readaptir.data.beir import iter_corpus
 from readaptir.readapt.model import load_base_retriever
@@ -15,6 +16,8 @@ from readaptir.retrieval.dense import (
     DensePrompts,
     DenseRetriever,
     embed_batch,
+    embed_packed,
+    encode_ids,
     load_tokenizer,
     make_batches,
     padding_fraction,
@@ -163,6 +166,35 @@ def test_make_batches_budget_and_padding():
     assert all(lengths[b].max() * len(b) <= 65536 and len(b) <= 256 for b in batches)
     assert padding_fraction(lengths, batches) < 0.05
     assert padding_fraction(lengths, make_batches(lengths, 65536, 256, sort=False)) > 0.4
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_mistral"])
+def test_padding_free_encoding_equals_one_at_a_time(family, request, toy_dir):
+    """Packed rows (varlen, CPU: the per-passage reference) give each passage its vector alone, ≤ 1e-5."""
+    model, tok = _load(request.getfixturevalue(family))  # a fresh copy: the varlen switch mutates it
+    passages = list(iter_corpus(toy_dir))[:60]
+    rows = build_input_ids(tok, [_p(REPLLAMA, p.title, p.text) for p in passages], 128)
+    eos = tok.eos_token_id
+    alone = np.concatenate([embed_batch(model, [r], eos, eos).numpy() for r in rows])
+    retriever = DenseRetriever(model, tok, PROMPTS, ENCODE, SearchSettings(), attention="varlen")
+    PATHS.reset()
+    written: list[np.ndarray] = []
+    packed = np.zeros_like(alone)
+
+    def write(idx, vecs):
+        written.append(idx)
+        packed[idx] = vecs
+
+    retriever.encoder()(rows, write)
+    n_layers = model.config.num_hidden_layers
+    assert dict(PATHS) == {"reference:kwargs": n_layers * len(written)}  # no dense mask, no padding
+    assert len(written) > 1 and all(sum(len(rows[i]) for i in b) <= ENCODE.token_budget for b in written)
+    assert sorted(np.concatenate(written).tolist()) == list(range(len(rows)))
+    assert np.abs(packed - alone).max() <= 1e-5
+    padded = encode_ids(model, rows, eos, eos, 512, 8)  # padded batches, unpadded by the varlen function
+    assert np.abs(padded - alone).max() <= 1e-5
+    with pytest.raises(EncodeError, match="not EOS"):
+        embed_packed(model, [rows[0], rows[1][:-1]], eos)
 
 
 def _index(retriever, root, out):

@@ -217,6 +217,31 @@ def test_adapter_keys(tmp_path, data_dir, compose_cell, monkeypatch):
     assert all(a3[k] != a5[k] for k in ("readapted", "ra_index", "ra_run", "result"))
 
 
+def test_attention_backend_and_dtype_enter_the_keys(tmp_path, data_dir, compose_cell, monkeypatch):
+    """Packed rows through the fused kernel and padded SDPA batches round differently: other products.
+    Base and RA of a cell share one Runtime, so RA − Base never mixes the two."""
+    import torch
+
+    monkeypatch.setenv("READAPTIR_DATA", str(data_dir))
+
+    def keys(batching: str, varlen: bool, dtype=torch.bfloat16) -> dict[str, str]:
+        over = ("dataset=scifact", f"train.batching={batching}", f"paths.cache_dir={tmp_path}")
+        cfg = CellConfig.from_hydra(compose_cell(*over))
+        resolve_models(cfg.model)
+        precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+        return cell_keys(cfg, Runtime(0, 1, torch.device("cpu"), dtype, precision, varlen))
+
+    sdpa, fused = keys("packed", False), keys("packed", True)
+    assert all(sdpa[k] != fused[k] for k in ("adapter", "base_index", "ra_index", "base_run", "ra_run"))
+    assert keys("paper", False)["adapter"] == keys("paper", True)["adapter"]  # paper batches: always SDPA
+    # float32 never takes the fused kernel: the backend follows the dtype, and the dtype is in the key
+    assert (
+        keys("packed", True, torch.float32)["base_index"]
+        == keys("packed", False, torch.float32)["base_index"]
+    )
+    assert keys("packed", False, torch.float32)["base_index"] != sdpa["base_index"]
+
+
 PLAN_CELLS = [
     ("dataset=scifact",),
     ("dataset=scifact", "ablation=without"),

@@ -117,3 +117,36 @@ def test_cell_plan_marks_products_an_earlier_cell_plans():
     assert "planned above for repllama × fever × in-domain × both (counted once)" in adapter
     alone = describe_cell(_cell("repllama", "climate-fever", "in-domain", "both"))
     assert "GPU-h" in next(line for line in alone.splitlines() if "train dora adapter" in line)
+
+
+def test_measured_rates_replace_the_configured_ones(tmp_path, monkeypatch):
+    import json
+
+    from readaptir.grid import workload
+
+    monkeypatch.setenv("READAPTIR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(workload, "RESULTS", tmp_path / "results")
+
+    def total(*overrides) -> str:
+        workload.measured_rates.cache_clear()
+        cells = [("repllama", "msmarco", "in-domain", "both")]
+        return summarize(grid_configs(cells, ["train.batching=packed", *overrides])).splitlines()[3]
+
+    configured = total()
+    assert "in `estimates:` (train 74.5 passages/s with packed batching, encode 404 passages/s" in configured
+    (tmp_path / "results").mkdir()
+    for name, gpu, shape, packed in (("a", "NVIDIA H200", "llama2-7b", 149.0), ("b", "NVIDIA H100 80GB HBM3",
+                                     "llama2-7b", 120.0), ("c", "NVIDIA H200", "tiny", 9999.0)):  # fmt: skip
+        rates = {"train_passages_per_s": {"paper": 8.0, "packed": packed}, "encode_passages_per_s": 800.0}
+        meta = {"gpu": gpu, "shape": shape, "date": "2026-01-01 00:00:00", "rates": rates}
+        (tmp_path / "results" / f"bench_gpu-{name}.json").write_text(json.dumps({"meta": meta, "rows": []}))
+    measured = total()
+    assert (
+        "measured in bench_gpu-a.json (train 149.0 passages/s with packed batching, encode 800.0" in measured
+    )
+    assert "measured in bench_gpu-b.json (train 120.0" in total("estimates.gpu=H100")
+    assert total("estimates.gpu=A100") == configured  # no report from that GPU: the configured rates
+    hours = [
+        float(line.split("total ≈")[1].split(" GPU-h")[0].replace(",", "")) for line in (configured, measured)
+    ]
+    assert hours[1] < hours[0]

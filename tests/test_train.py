@@ -17,7 +17,8 @@ from readaptir.grid.keys import tokens_key
 from readaptir.store.artifacts import ArtifactStore
 from readaptir.train.batching import collate_packed, passage_ids, plan_batches
 from readaptir.train.checkpoint import latest_checkpoint
-from readaptir.train.knowledge import STATS_KEYS, TrainingDiverged, train_knowledge_adapter
+from readaptir.train.knowledge import STATS_KEYS, train_knowledge_adapter
+from readaptir.train.monitor import TrainingDiverged
 from readaptir.train.tokens import TokenCache, ensure_token_cache
 
 ADAPTER = {
@@ -261,7 +262,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, tiny_llama
         calls["n"] += 1
         return output * float("nan") if calls["n"] == 3 else output
 
-    model.lm_head.register_forward_hook(poison)
+    model.model.norm.register_forward_hook(poison)  # the final hidden states, once per step
     with pytest.raises(TrainingDiverged, match=r"at step 3/10.*ckpt-000000002"):
         train_knowledge_adapter(
             tiny_llama.pretrained,

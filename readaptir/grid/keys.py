@@ -120,6 +120,8 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
         dtype = dtype_name(runtime.encode_dtype) if m.kind == "dense" else "float32"
         index.update(passage_template=m.passage_template, passage_max_len=m.passage_max_len,
                      pooling=m.pooling, normalize=m.normalize, dtype=dtype)  # fmt: skip
+    if m.kind == "dense":  # packed rows through the fused kernel vs padded SDPA batches: other rounding
+        index["attention"] = runtime.encode_attention
     # search.backend and chunk_size are left out on purpose: both backends are exact, so they produce
     # the same run and a cell rerun with the other backend reuses it.
     run = {"top_k": cfg.search.top_k, "split": d.split, "dataset": d.beir_name,
@@ -146,11 +148,12 @@ def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, bas
             if relevant is not None
             else f"{UNKNOWN}:{sub.filter_dataset}/{sub.filter_split}"
         )
-    # bf16 on CUDA vs float32 on CPU, and the DDP world size (it multiplies the effective batch), change
-    # the trained adapter, so they are part of what determines it.
+    # bf16 on CUDA vs float32 on CPU, the attention kernel, and the DDP world size (it multiplies the
+    # effective batch) change the trained adapter, so they are part of what determines it.
     adapter = {**{f"adapter.{k}": v for k, v in cfg.adapter.determining().items()},
                **{f"train.{k}": v for k, v in cfg.train.determining().items()}, **subset,
                "precision": runtime.train_precision, "world_size": runtime.world_size,
+               "attention": runtime.train_attention(cfg.train.batching),
                "pretrained": model_identity(m.pretrained)}  # fmt: skip
     r = cfg.readapt
     if r.auto:  # α is chosen first; the readapted products then follow at the chosen α (alpha_keys)

@@ -24,11 +24,12 @@ import fnmatch
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from readaptir.config import CONF_DIR, CellConfig
 from readaptir.grid.keys import CellInputs, cell_products, resolve
 from readaptir.grid.record import CellCoords
-from readaptir.grid.workload import Work, alpha_work, encode_work, train_work
+from readaptir.grid.workload import Work, alpha_work, encode_work, estimates, gpu_hours, train_work
 from readaptir.runtime import Runtime
 from readaptir.store.artifacts import ArtifactStore
 
@@ -69,21 +70,6 @@ class CellPlan:
         if node == "selection" and self.alpha is not None:
             return gpu_hours(self.cfg, 0, self.alpha[1].tokens)[1]
         return 0.0
-
-
-def rates(cfg: CellConfig) -> tuple[float, float]:
-    """``(training, encoding)`` tokens/s: ``estimates:``' passages/s × the tokens per passage behind them."""
-    est = cfg.estimates
-    per = float(est.get("tokens_per_passage", 78))
-    return float(est["train_passages_per_s"][cfg.train.batching]) * per, float(
-        est["encode_passages_per_s"]
-    ) * per
-
-
-def gpu_hours(cfg: CellConfig, train_tokens: int, encode_tokens: int) -> tuple[float, float]:
-    """``(training, encoding)`` GPU-hours of that many tokens at the throughputs in ``estimates:``."""
-    train_rate, encode_rate = rates(cfg)
-    return train_tokens / train_rate / 3600, encode_tokens / encode_rate / 3600
 
 
 def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
@@ -181,7 +167,8 @@ class Totals:
         todo = [p.train for p, n in adapters.values() if n in p.missing]
         todo_enc = sum(n in p.missing for p, n in [*base.values(), *ra.values()])
         cfg = plans[-1].cfg
-        batching = cfg.train.batching
+        batching, est = cfg.train.batching, estimates(cfg)
+        where = f"measured in {Path(est['source']).name}" if "source" in est else "in `estimates:`"
         return [
             f"cells: {len(plans)} ({len(ok)} applicable, {len(plans) - len(ok)} not applicable, "
             f"{sum(p.done for p in ok)} already done)",
@@ -189,10 +176,10 @@ class Totals:
             f"passages, ≈{sum(w.tokens for w in todo) / 1e9:,.2f}B tokens; {fmt_hours(self.hours('adapter'))})",
             f"unique corpus encodings: {len(base) + len(ra)} ({len(base)} base, {len(ra)} readapted; "
             f"{todo_enc} to build; {fmt_hours(self.hours('base_index', 'ra_index'))})",
-            f"total {fmt_hours(self.total_hours)} (≈{self.total_hours / 24:,.0f} GPU-days) at the throughputs in "
-            f"`estimates:` (train {cfg.estimates['train_passages_per_s'][batching]} passages/s with {batching} "
-            f"batching, encode {cfg.estimates['encode_passages_per_s']} passages/s, at "
-            f"{cfg.estimates.get('tokens_per_passage', 78)} tokens per passage)",
+            f"total {fmt_hours(self.total_hours)} (≈{self.total_hours / 24:,.0f} GPU-days) at the throughputs "
+            f"{where} (train {est['train_passages_per_s'][batching]} passages/s with {batching} "
+            f"batching, encode {est['encode_passages_per_s']} passages/s, at "
+            f"{est.get('tokens_per_passage', 78)} tokens per passage)",
         ]  # fmt: skip
 
 

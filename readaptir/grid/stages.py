@@ -110,8 +110,9 @@ def dense_retriever(cfg: CellConfig, model: Any, folders: ModelFolders, runtime:
     tokenizer = load_tokenizer(folders.retriever, folders.pretrained)  # a LoRA repo may ship none
     prompts = DensePrompts.of(cfg.model, cfg.dataset)
     return DenseRetriever(
-        model, tokenizer, prompts, cfg.encode, cfg.search, (runtime.rank, runtime.world_size)
-    )
+        model, tokenizer, prompts, cfg.encode, cfg.search, (runtime.rank, runtime.world_size),
+        attention=runtime.encode_attention,
+    )  # fmt: skip
 
 
 def readapt(

@@ -8,10 +8,15 @@ at the truncation lengths (``train.max_tokens`` for training, ``model.passage_ma
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from readaptir.config import CONF_DIR, CellConfig, DatasetSpec
 from readaptir.grid.keys import CellInputs
+
+RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"  # make bench-gpu's reports
 
 
 @dataclass(frozen=True)
@@ -77,3 +82,50 @@ def alpha_work(cfg: CellConfig, inputs: CellInputs) -> tuple[str, Work]:
     one = encode_work(cfg)
     per = one.tokens / max(one.passages, 1)
     return protocol, Work(pool + full * one.passages, round((pool + full * one.passages) * per))
+
+
+@functools.lru_cache(maxsize=8)
+def measured_rates(gpu: str | None, results_dir: Path) -> dict | None:
+    """The newest ``make bench-gpu`` rates measured at LLaMA-2-7B shapes on a GPU whose name contains
+    ``gpu`` (e.g. ``H200``), with the report they come from; None when no report matches."""
+    if not gpu or not results_dir.is_dir():
+        return None
+    found = []
+    for path in results_dir.glob("bench_gpu-*.json"):
+        try:
+            meta = json.loads(path.read_text())["meta"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if meta.get("shape") == "llama2-7b" and gpu.lower() in str(meta.get("gpu") or "").lower():
+            found.append((str(meta.get("date", "")), path.name, path, meta.get("rates") or {}))
+    if not found:
+        return None
+    *_, path, rates_ = max(found)
+    return {**rates_, "source": str(path)}
+
+
+def estimates(cfg: CellConfig) -> dict:
+    """``estimates:`` of the config, its rates replaced by those measured on ``estimates.gpu`` if any."""
+    est = dict(cfg.estimates)
+    measured = measured_rates(est.get("gpu"), RESULTS)
+    if measured:
+        train = measured.get("train_passages_per_s") or {}
+        est["train_passages_per_s"] = {**est["train_passages_per_s"], **{k: v for k, v in train.items() if v}}
+        est["encode_passages_per_s"] = measured.get("encode_passages_per_s") or est["encode_passages_per_s"]
+        est["source"] = measured["source"]
+    return est
+
+
+def rates(cfg: CellConfig) -> tuple[float, float]:
+    """``(training, encoding)`` tokens/s: passages/s (measured, else ``estimates:``) × tokens per passage."""
+    est = estimates(cfg)
+    per = float(est.get("tokens_per_passage", 78))
+    return float(est["train_passages_per_s"][cfg.train.batching]) * per, float(
+        est["encode_passages_per_s"]
+    ) * per
+
+
+def gpu_hours(cfg: CellConfig, train_tokens: int, encode_tokens: int) -> tuple[float, float]:
+    """``(training, encoding)`` GPU-hours of that many tokens at the throughputs in ``estimates:``."""
+    train_rate, encode_rate = rates(cfg)
+    return train_tokens / train_rate / 3600, encode_tokens / encode_rate / 3600

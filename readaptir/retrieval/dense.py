@@ -5,8 +5,10 @@
   right-padded rows.
 - Position ids are derived from the mask, so a left-padded row sees positions 0..n-1 like an unpadded one.
 - Speed: texts are sorted by length and packed into batches of at most ``token_budget`` padded tokens
-  (:func:`make_batches`): padding ≈ 2–5% instead of ≈ 66% in arrival order. Under a multi-GPU launch each
-  process encodes every ``world``-th batch (``shard``).
+  (:func:`make_batches`): padding ≈ 2–5% instead of ≈ 66% in arrival order. ``attention="varlen"`` (the
+  Runtime's pick on CUDA in half precision): no padding at all, passages packed into rows of up to
+  ``token_budget`` tokens, isolated by the fused kernel (:mod:`readaptir.attention`), each pooled at its
+  own EOS. Under a multi-GPU launch each process encodes every ``world``-th batch (``shard``).
 
     retriever = DenseRetriever(model, tokenizer, DensePrompts.of(model_spec, dataset_spec), encode, search)
     run = retriever.search(retriever.open_index(path), retriever.encode_queries(queries), top_k=1000)
@@ -18,17 +20,21 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from readaptir.config import DatasetSpec, EncodeSettings, ModelSpec, SearchSettings
+from readaptir.attention.interface import set_attention
+from readaptir.attention.packing import PackedRow, pack_rows, pool_last_tokens
 from readaptir.retrieval.base import IndexBuild, Run
 from readaptir.retrieval.embeddings import CorpusEmbeddings, corpus_index_build
 from readaptir.retrieval.prompts import EncodeError, build_input_ids, format_query
 from readaptir.retrieval.search import search
+
+if TYPE_CHECKING:  # annotations only: the GPU benchmark imports this module without pydantic
+    from readaptir.config import DatasetSpec, EncodeSettings, ModelSpec, SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +128,23 @@ def embed_batch(
     return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
+@torch.inference_mode()
+def embed_packed(
+    model: torch.nn.Module, rows: Sequence[Sequence[int]], eos_id: int, normalize: bool = True
+) -> torch.Tensor:
+    """Float32 [n, hidden] embeddings of id rows laid out as one padding-free row (position ids restart
+    per passage, no attention mask), each pooled at its own last token. Under ``readaptir_varlen`` the
+    boundaries go to the fused kernel; under SDPA transformers builds a block-diagonal mask instead."""
+    bad = next((i for i, r in enumerate(rows) if r[-1] != eos_id), None)
+    if bad is not None:
+        raise EncodeError(f"row {bad} ends with id {rows[bad][-1]}, not EOS {eos_id}: nothing to pool")
+    net = backbone(model)
+    row = PackedRow.of(rows).to(next(net.parameters()).device)
+    hidden = net(input_ids=row.input_ids, position_ids=row.position_ids, attention_mask=None, use_cache=False,
+                 **row.kwargs()).last_hidden_state  # fmt: skip
+    return pool_last_tokens(hidden, row.last_index, normalize)
+
+
 def encode_ids(
     model: torch.nn.Module,
     rows: Sequence[Sequence[int]],
@@ -134,19 +157,31 @@ def encode_ids(
     write: Callable[[np.ndarray, np.ndarray], None] | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: tqdm | None = None,
+    attention: str = "sdpa",
 ) -> np.ndarray | None:
     """Encode id rows in (length-sorted) batches; returns [n, hidden] float32 or streams to ``write``.
 
     ``write(indices, vectors)`` receives each batch at its original row indices (used to fill a memmap);
-    ``shard=(rank, world)`` keeps every ``world``-th batch, for multi-GPU runs.
+    ``shard=(rank, world)`` keeps every ``world``-th batch, for multi-GPU runs. ``attention="varlen"``:
+    padding-free packed rows of at most ``token_budget`` tokens and ``max_batch_size`` passages (the model
+    must use the ``readaptir_varlen`` implementation, :func:`readaptir.attention.interface.set_attention`).
     """
-    batches = make_batches([len(r) for r in rows], token_budget, max_batch_size, sort=sort)
+    lengths = [len(r) for r in rows]
+    if attention == "varlen":
+        budget = max(token_budget, max(lengths, default=0))  # a passage longer than the budget: its own row
+        batches = [np.asarray(b) for b in pack_rows(lengths, budget, max_batch_size)]
+    else:
+        batches = make_batches(lengths, token_budget, max_batch_size, sort=sort)
     out = None
     rank, world = shard
     for bi, batch in enumerate(batches):
         if bi % world != rank:
             continue
-        vecs = embed_batch(model, [rows[i] for i in batch], pad_id, eos_id, normalize=normalize).cpu().numpy()
+        ids = [rows[i] for i in batch]
+        if attention == "varlen":
+            vecs = embed_packed(model, ids, eos_id, normalize).cpu().numpy()
+        else:
+            vecs = embed_batch(model, ids, pad_id, eos_id, normalize=normalize).cpu().numpy()
         if write is not None:
             write(batch, vecs)
         else:
@@ -172,15 +207,8 @@ class DensePrompts:
 
     @classmethod
     def of(cls, model: ModelSpec, dataset: DatasetSpec) -> DensePrompts:
-        return cls(
-            model.query_template,
-            model.passage_template,
-            dataset.task,
-            model.query_max_len,
-            model.passage_max_len,
-            model.pad_token,
-            model.normalize,
-        )
+        return cls(model.query_template, model.passage_template, dataset.task, model.query_max_len,
+                   model.passage_max_len, model.pad_token, model.normalize)  # fmt: skip
 
 
 class DenseRetriever:
@@ -194,9 +222,13 @@ class DenseRetriever:
         encode: EncodeSettings,
         search: SearchSettings,
         shard: tuple[int, int] = (0, 1),
+        attention: str = "sdpa",
     ) -> None:
         self.model, self.tokenizer, self.prompts = model.eval(), tokenizer, prompts
         self.encode, self.search_settings, self.shard = encode, search, shard
+        self.attention = attention  # "varlen": padding-free packed rows (Runtime.encode_attention)
+        if attention == "varlen":
+            set_attention(backbone(model), "varlen")
 
     def encoder(self) -> Callable[[Sequence[Sequence[int]], Callable, tqdm | None], None]:
         """``encode(rows, write, progress)``: this process's share of ``rows`` into ``write(idx, vecs)``."""
@@ -214,6 +246,7 @@ class DenseRetriever:
                 write=write,
                 shard=self.shard,
                 progress=progress,
+                attention=self.attention,
             )
 
         return encode
@@ -246,7 +279,8 @@ class DenseRetriever:
         with tqdm(total=len(rows), desc="encode queries", unit="q", leave=False) as bar:
             pad_id = pad_id_for(self.tokenizer, p.pad_token)
             encode_ids(self.model, rows, pad_id, self.tokenizer.eos_token_id, self.encode.token_budget,
-                       self.encode.max_batch_size, normalize=p.normalize, write=write, progress=bar)  # fmt: skip
+                       self.encode.max_batch_size, normalize=p.normalize, write=write, progress=bar,
+                       attention=self.attention)  # fmt: skip
         return qids, emb
 
     def search(self, index: CorpusEmbeddings, queries: tuple[list[str], np.ndarray], top_k: int) -> Run:

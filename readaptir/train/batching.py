@@ -14,16 +14,17 @@ Two batching modes (``train.batching``):
 * ``packed`` — the fast path: whole passages are concatenated, in the same seeded order, until a step holds
   ``batch_size × max_tokens`` (4 × 1024 = 4096) tokens, laid out as one padding-free row (transformers'
   "flattened" layout, what flash-attention varlen consumes). ``position_ids`` restart at 0 at every
-  passage and the model is called with ``attention_mask=None, use_cache=False``, so transformers 5 builds
-  a block-diagonal causal mask (or uses flash-attention varlen when installed) and no passage sees another;
+  passage and the model is called with ``attention_mask=None, use_cache=False``: on CUDA the passage
+  boundaries go to PyTorch's fused varlen kernel (:mod:`readaptir.attention`), elsewhere transformers
+  builds a block-diagonal causal mask for SDPA; either way no passage sees another;
   docs/method.md §7: without ``use_cache=False`` a cache is built and passages silently attend to each other. The
   first token of each passage is not a label, so no passage's EOS predicts the next passage's BOS. Every
   passage's loss is therefore exactly what it would be alone; the step loss is the token-weighted mean.
   Padding fraction is 0 (a step's row just ends early when the next passage does not fit).
-  Cost of the single row: flash-attention varlen only computes the diagonal blocks, but PyTorch SDPA
-  evaluates the block-diagonal mask densely over the whole 4096-token row, 4× the attention FLOPs of four
-  1024-token rows: at 7B shapes ≈ 4·4096·4096 = 67 MFLOP per token per layer against ≈ 404 MFLOP of
-  matmuls (+17%, vs +4%); at the tiny test shapes (hidden 64) attention dominates, so packed is slower there.
+  Cost of the single row: the varlen kernel only computes the diagonal blocks, but SDPA with a mask
+  evaluates the block-diagonal mask densely over the whole 4096-token row (and loses its flash kernel):
+  at 7B shapes ≈ 4·4096·4096 = 67 MFLOP per token per layer against ≈ 404 MFLOP of matmuls (+17%, vs
+  +4%); at the tiny test shapes (hidden 64) attention dominates, so packed is slower there.
   Steps per epoch ≈ total tokens / 4096 — MS-MARCO: 8.84M × ≈ 80 tokens ≈ 0.7B tokens ≈ 170k steps,
   about 13× fewer steps than ``paper`` at ≈ 13× the tokens per step (≈ 51 passages per step instead of 4).
 
@@ -41,14 +42,17 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from readaptir.config import AdapterRecipe, TrainSettings
-from readaptir.train.tokens import TokenCache
+from readaptir.attention.packing import PackedRow
+from readaptir.train.objective import IGNORE
 
-IGNORE = -100  # label value excluded from the loss (HF convention)
+if TYPE_CHECKING:  # annotations only: the GPU benchmark imports this module without pydantic
+    from readaptir.config import AdapterRecipe, TrainSettings
+    from readaptir.train.tokens import TokenCache
 
 
 def passage_ids(ids: np.ndarray, bos: int, eos: int, max_tokens: int) -> list[int]:
@@ -113,22 +117,33 @@ def collate_paper(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def collate_packed(seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+def collate_packed(seqs: Sequence[Sequence[int]], varlen: bool = False) -> dict[str, Any]:
     """One padding-free row of whole passages; position ids restart per passage; no cross-passage label.
 
     Call the model with these and ``use_cache=False`` (no attention mask): transformers 5 derives the
-    block-diagonal causal mask (or flash-attention varlen boundaries) from the restarting position ids.
+    block-diagonal causal mask from the restarting position ids. ``varlen`` adds the passage boundaries as
+    the keywords the ``readaptir_varlen`` attention takes (built here on the host: no device sync).
     """
-    input_ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)[None]
-    position_ids = torch.cat([torch.arange(len(s)) for s in seqs])[None]
+    row = PackedRow.of(seqs)
     # HF shifts labels inside the loss: label[t] is predicted from position t-1. A passage's first token
     # would be predicted from the previous passage's EOS, so it is not a label.
-    labels = input_ids.masked_fill(position_ids == 0, IGNORE)
-    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+    batch = {"input_ids": row.input_ids, "position_ids": row.position_ids, "labels": row.labels(IGNORE)}
+    return {**batch, **row.kwargs()} if varlen else batch
 
 
-def make_batch(seqs: Sequence[Sequence[int]], batching: str, pad_id: int) -> dict[str, torch.Tensor]:
-    return collate_packed(seqs) if batching == "packed" else collate_paper(seqs, pad_id)
+def make_batch(
+    seqs: Sequence[Sequence[int]], batching: str, pad_id: int, varlen: bool = False
+) -> dict[str, Any]:
+    return collate_packed(seqs, varlen) if batching == "packed" else collate_paper(seqs, pad_id)
+
+
+def batch_counts(lengths: np.ndarray, batching: str) -> np.ndarray:
+    """``[targets, passages, real tokens, padding tokens]`` of one batch of passages of these lengths."""
+    n, real = len(lengths), int(lengths.sum())
+    pad = n * int(lengths.max()) - real if batching == "paper" and n else 0
+    return np.array(
+        [real - n, n, real, pad], dtype=np.int64
+    )  # every token but each passage's BOS is a target
 
 
 @dataclass
@@ -140,15 +155,26 @@ class DataPlan:
     bounds: np.ndarray
     total_steps: int
     fingerprint: str  # refuses to resume a checkpoint of a different plan
+    lengths: np.ndarray  # tokens of each passage of `rows` as trained (BOS/EOS included, truncated)
+    batching: str = "paper"
 
     @property
     def n_batches(self) -> int:
         return len(self.bounds) - 1
 
+    def _positions(self, step: int, world: int, rank: int) -> np.ndarray:
+        b = (step * world + rank) % self.n_batches
+        return self.order[self.bounds[b] : self.bounds[b + 1]]
+
     def rows_of(self, step: int, world: int, rank: int) -> np.ndarray:
         """Cache rows of ``rank``'s batch at ``step``: batch ``step × world + rank``, wrapping at the end."""
-        b = (step * world + rank) % self.n_batches
-        return self.rows[self.order[self.bounds[b] : self.bounds[b + 1]]]
+        return self.rows[self._positions(step, world, rank)]
+
+    def counts(self, step: int, world: int) -> np.ndarray:
+        """:func:`batch_counts` of ``step`` summed over all ranks: every process knows them without asking."""
+        return sum(
+            batch_counts(self.lengths[self._positions(step, world, r)], self.batching) for r in range(world)
+        )
 
 
 def plan_data(
@@ -169,4 +195,5 @@ def plan_data(
         world,
     ]
     fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return DataPlan(rows, order, bounds, math.ceil((len(bounds) - 1) / world), fingerprint)
+    steps = math.ceil((len(bounds) - 1) / world)
+    return DataPlan(rows, order, bounds, steps, fingerprint, lengths, train.batching)

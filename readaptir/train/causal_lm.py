@@ -1,9 +1,12 @@
 """The model a knowledge adapter is trained on: the pretrained causal LM and the PEFT DoRA/LoRA config.
 
-bf16 on CUDA (adapter weights stay float32 under autocast), float32 on CPU; flash-attention 2 when
-installed, since its varlen kernel computes only the diagonal blocks of a packed row
-(:mod:`readaptir.train.batching`), else PyTorch SDPA. The recipe (DoRA r=32, alpha=64, dropout 0.05 on
-q/k/v/up/down) comes from ``conf/adapter/``. Used by :func:`readaptir.train.knowledge.train_knowledge_adapter`.
+bf16 on CUDA (adapter weights stay float32 under autocast), float32 on CPU. Attention: ``varlen`` (packed
+rows through PyTorch's fused kernel, which computes only the diagonal blocks of a packed row; what
+:class:`readaptir.runtime.Runtime` picks for ``train.batching=packed`` on CUDA) or ``sdpa`` (paper
+batches, CPU, and the fallback). DoRA's weight norm is computed once per step
+(:mod:`readaptir.train.dora_norm`); ``train.compile`` compiles each decoder layer with ``torch.compile``.
+The recipe (DoRA r=32, alpha=64, dropout 0.05 on q/k/v/up/down) comes from ``conf/adapter/``. Used by
+:func:`readaptir.train.knowledge.train_knowledge_adapter`.
 """
 
 from __future__ import annotations
@@ -11,35 +14,40 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from readaptir.config import AdapterRecipe, TrainSettings
+from readaptir.attention.interface import BACKENDS, register, set_attention
+from readaptir.train.dora_norm import cache_dora_norms
+
+if TYPE_CHECKING:  # annotations only: the GPU benchmark imports this module without pydantic
+    from readaptir.config import AdapterRecipe, TrainSettings
 
 
-def attn_implementation() -> str:
-    """flash-attention 2 (varlen on packed rows) when installed on CUDA, else PyTorch SDPA."""
-    if torch.cuda.is_available():
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
-
-
-def load_causal_lm(pretrained: str | os.PathLike, device: torch.device | str | None = None):
-    """The pretrained causal LM for training: bf16 on CUDA, float32 on CPU."""
+def load_causal_lm(
+    pretrained: str | os.PathLike, device: torch.device | str | None = None, attention: str = "sdpa"
+):
+    """The pretrained causal LM for training: bf16 on CUDA, float32 on CPU; ``attention``: sdpa | varlen."""
     from transformers import AutoModelForCausalLM
 
+    if attention == "varlen":
+        register()
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
-        pretrained, dtype=dtype, attn_implementation=attn_implementation()
+        pretrained, dtype=dtype, attn_implementation=BACKENDS[attention]
     )
     return model.to(device) if device is not None else model
+
+
+def compile_layers(model: Any) -> int:
+    """``torch.compile`` every decoder layer in place (dynamic shapes: packed rows vary in length);
+    returns how many. Whole-model compilation would also trace the data-dependent loss gather."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def peft_config(recipe: AdapterRecipe):
@@ -68,7 +76,13 @@ def special_ids(pretrained: Path) -> tuple[int, int, int]:
 
 
 def setup_training(
-    pretrained: Path, recipe: AdapterRecipe, train: TrainSettings, model: Any, accelerator, total_steps
+    pretrained: Path,
+    recipe: AdapterRecipe,
+    train: TrainSettings,
+    model: Any,
+    accelerator,
+    total_steps,
+    attention: str = "sdpa",
 ):
     """PEFT model, optimizer and schedule, seeded so the adapter's initialisation is reproducible."""
     from peft import get_peft_model
@@ -77,11 +91,16 @@ def setup_training(
     torch.manual_seed(train.seed)  # adapter init (LoRA A) is drawn from torch's RNG
     random.seed(train.seed)
     np.random.seed(train.seed)
-    base = model if model is not None else load_causal_lm(pretrained)
+    base = model if model is not None else load_causal_lm(pretrained, attention=attention)
+    if model is not None:
+        set_attention(base, attention)
     base.config.use_cache = False
     if train.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(base, peft_config(recipe)).to(accelerator.device)
+    cache_dora_norms(peft_model)
+    if train.compile:
+        compile_layers(peft_model)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
     # Not passed through accelerator.prepare: its wrapper would step the schedule `world` times per step.

@@ -6,24 +6,26 @@ cache (:mod:`~readaptir.train.tokens`) and filtered by the ablation subset. Each
 The recipe (DoRA r=32, alpha=64, dropout 0.05 on q/k/v/up/down; AdamW 2e-4, linear schedule, 1 epoch)
 lives in ``conf/adapter/`` and the ``train:`` node of ``conf/config.yaml``. Batching modes, steps per epoch
 and the schedule: :mod:`~readaptir.train.batching`; model and PEFT config: :mod:`~readaptir.train.causal_lm`;
-checkpoints: :mod:`~readaptir.train.checkpoint`.
+the loss on target tokens only: :mod:`~readaptir.train.objective`; checkpoints:
+:mod:`~readaptir.train.checkpoint`.
 
 Distributed: under ``accelerate launch`` step s of rank r takes batch ``s × world + r`` (wrapping around
 at the end so all ranks take the same number of steps): the effective batch is ``world × batch_size``
 passages (paper) or ``world × 4096`` tokens (packed). bf16 autocast on CUDA, float32 on CPU.
 
 A killed run started again with the same ``work_dir`` resumes from its last checkpoint and ends with the
-same adapter as an uninterrupted one. A NaN/inf loss or gradient norm stops the run, naming the step.
+same adapter as an uninterrupted one. Statistics stay on the device between log lines
+(:mod:`~readaptir.train.monitor`): the loop never waits for the GPU except every ``log_every`` steps and
+at checkpoints, where a NaN/inf loss or gradient norm since the last check stops the run, naming the step
+(no checkpoint or adapter is written after it).
 
     stats = train_knowledge_adapter(pretrained, cache, recipe, settings, out_dir, work_dir)
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,13 @@ from tqdm.auto import tqdm
 from readaptir.config import AdapterRecipe, TrainSettings, typed
 from readaptir.fs import atomic_write_json
 from readaptir.logs import main_logger
+from readaptir.runtime import Runtime
 from readaptir.tracking import Tracker
 from readaptir.train.batching import make_batch, passage_ids, plan_data
 from readaptir.train.causal_lm import setup_training, special_ids
 from readaptir.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from readaptir.train.monitor import COUNTERS, Monitor
+from readaptir.train.objective import Targets, target_loss_sum
 from readaptir.train.tokens import TokenCache
 
 log = main_logger(__name__)  # main process only
@@ -49,6 +54,7 @@ STATS_KEYS = (
     "steps",  # optimizer steps of the whole run (per process)
     "resumed_from_step",  # 0, or the checkpoint step this run continued from
     "batching",  # paper | packed
+    "attention",  # sdpa | varlen (packed rows through the fused kernel)
     "world_size",  # number of processes (effective batch = world × batch)
     "epochs",
     "passages",  # passages trained on (× epochs)
@@ -64,84 +70,34 @@ STATS_KEYS = (
     "seconds",  # wall time of this call, model loading included
     "trainable_params",
 )
-COUNTERS = ("targets", "passages", "tokens", "padding")
 
 
-class TrainingDiverged(FloatingPointError):
-    """A non-finite loss or gradient norm; the message names the step and the last good checkpoint."""
+def _batch(
+    cache: TokenCache, rows, special: tuple[int, int, int], train: TrainSettings, varlen: bool, device
+):
+    """Model inputs and targets of these cache rows on ``device``; pinned and copied asynchronously on
+    CUDA, so building the next batch never waits for the GPU."""
+    bos, eos, pad_id = special
+    seqs = [passage_ids(cache.get(int(r)), bos, eos, train.max_tokens) for r in rows]
+    batch = make_batch(seqs, train.batching, pad_id, varlen)
+    targets = Targets.of(batch.pop("labels"))
+    cuda = device.type == "cuda"
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
+
+    inputs = {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return inputs, Targets(move(targets.index), move(targets.ids))
 
 
-@dataclass
-class _Window:
-    """Sums since the last log line (and the counters of the whole run)."""
-
-    counters: dict[str, int]
-    loss_sum: float = 0.0
-    sums: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    t0: float = field(default_factory=time.time)
-    run_passages: int = 0
-    run_tokens: int = 0
-
-    def add(self, stats: list[float]) -> None:
-        for k, v in zip(COUNTERS, stats[1:], strict=True):
-            self.counters[k] += int(v)
-            self.sums[k] += int(v)
-        self.loss_sum += stats[0]
-        self.run_passages += int(stats[2])
-        self.run_tokens += int(stats[3])
-
-    def summary(self, plan, train: TrainSettings, start_step: int, world: int, t_start: float, t_run: float,
-                n_params: int) -> dict[str, Any]:  # fmt: skip
-        """The run's stats (``STATS_KEYS``; losses and the last gradient norm are added by the caller)."""
-        c, run_seconds = self.counters, max(time.time() - t_run, 1e-9)
-        return {
-            "steps": plan.total_steps, "resumed_from_step": start_step, "batching": train.batching,
-            "world_size": world, "epochs": train.epochs, "passages": c["passages"], "tokens": c["tokens"],
-            "target_tokens": c["targets"], "padding_tokens": c["padding"],
-            "padding_fraction": c["padding"] / max(c["tokens"] + c["padding"], 1),
-            "passages_per_s": self.run_passages / run_seconds, "tokens_per_s": self.run_tokens / run_seconds,
-            "seconds": time.time() - t_start, "trainable_params": n_params,
-        }  # fmt: skip
-
-    def flush(self, lr: float, grad_norm: float, done: int, total: int, epochs: int) -> dict[str, float]:
-        dt = max(time.time() - self.t0, 1e-9)
-        s = self.sums
-        # Rates of this window only, under their own names: W&B's summary keeps a key's last logged value,
-        # and train/passages_per_s etc. in the summary are the whole run's (set once training ends).
-        metrics = {
-            "train/loss": self.loss_sum / max(s["targets"], 1),
-            "train/lr": lr,
-            "train/grad_norm": grad_norm,
-            "train/window_tokens_per_s": s["tokens"] / dt,
-            "train/window_passages_per_s": s["passages"] / dt,
-            "train/window_padding_fraction": s["padding"] / max(s["tokens"] + s["padding"], 1),
-            "train/passages": self.counters["passages"],
-            "train/epoch": done / total * epochs,
-        }
-        self.loss_sum, self.sums, self.t0 = 0.0, dict.fromkeys(COUNTERS, 0), time.time()
-        return metrics
-
-
-def _forward(batch: dict, seqs: list[list[int]], peft_model, accelerator, world: int):
-    """Loss of one batch (scaled for DDP) and the globally summed ``[loss·targets, targets, seqs, real, pad]``."""
-    with accelerator.autocast():
-        loss = peft_model(**batch, use_cache=False).loss
-    n_seqs, n_real = len(seqs), sum(len(s) for s in seqs)
-    n_pad = batch["input_ids"].numel() - n_real
-    n_targets = n_real - n_seqs  # every token but each passage's BOS is predicted
-    # One all-reduce per step: global loss (token-weighted) and counts for the bar and the logs.
-    stats = torch.tensor(
-        [loss.detach().float().item() * n_targets, n_targets, n_seqs, n_real, n_pad],
-        dtype=torch.float64,
-        device=accelerator.device,
-    )
-    stats = accelerator.reduce(stats, reduction="sum").tolist()
-    if world > 1:
-        # DDP averages the ranks' gradients, a mean of per-rank token means; rescaling each rank's loss by
-        # world · n_targets / global targets makes it the gradient of the global token-weighted mean, as in
-        # one process (ranks' batches differ in target count).
-        loss = loss * (world * n_targets / max(stats[1], 1))
-    return loss, stats
+def _update(accelerator, loss: torch.Tensor, trainable, train: TrainSettings, optimizer, scheduler):
+    """Backward, clip, optimizer and schedule step; returns the gradient norm before clipping (on device)."""
+    accelerator.backward(loss)
+    norm = accelerator.clip_grad_norm_(trainable, train.max_grad_norm or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def _progress(
@@ -166,14 +122,6 @@ def _resume(accelerator, ckpt: Path | None, peft_model, optimizer, scheduler, pl
     return int(state["step"]), dict(state["counters"])
 
 
-def _check_finite(what: str, value: float, step: int, total: int, last_good: Path | None) -> None:
-    if not math.isfinite(value):
-        raise TrainingDiverged(
-            f"{what} is {value} at step {step}/{total}; stopped. Last good checkpoint: "
-            f"{last_good or 'none (nothing saved yet)'}"
-        )
-
-
 def train_knowledge_adapter(
     pretrained: Path,
     cache: TokenCache,
@@ -187,70 +135,69 @@ def train_knowledge_adapter(
     *,
     model: Any = None,
     on_step: Callable[[int, dict], None] | None = None,
+    attention: str | None = None,
 ) -> dict:
     """Train a knowledge adapter on the cache rows selected by ``include``/``exclude``; save it in ``out_dir``.
 
     ``out_dir`` receives the PEFT adapter (``adapter_model.safetensors`` + ``adapter_config.json``) and
     ``train_stats.json``; ``work_dir`` holds checkpoints and must be stable across restarts of the same
     run (``ArtifactStore.work_dir(key)``); an existing checkpoint there is resumed; the caller removes it
-    once the adapter is published. ``model`` (optional) is an already-built causal LM used instead of
-    loading ``pretrained`` (benchmarks with random weights). ``on_step(step, metrics)`` is called after
-    every optimizer step (and its checkpoint). Returns the stats dict (see ``STATS_KEYS``).
+    once the adapter is published. ``model``: an already-built causal LM instead of ``pretrained``
+    (benchmarks). ``attention``: sdpa | varlen, default :meth:`readaptir.runtime.Runtime.train_attention`
+    (what the adapter's key names). ``on_step(step, metrics)`` runs after every step (and its checkpoint)
+    with ``loss`` and ``grad_norm`` as device tensors. Returns the stats dict (see ``STATS_KEYS``).
     """
     t_start = time.time()
     recipe, train = typed(AdapterRecipe, adapter_cfg), typed(TrainSettings, train_cfg)
+    attention = attention or Runtime.detect().train_attention(train.batching)
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
     world, rank = accelerator.num_processes, accelerator.process_index
     plan = plan_data(cache, recipe, train, include, exclude, world)
-    bos, eos, pad_id = special_ids(pretrained)
+    special = special_ids(pretrained)  # bos, eos, pad
     peft_model, optimizer, scheduler, trainable = setup_training(
-        pretrained, recipe, train, model, accelerator, plan.total_steps
+        pretrained, recipe, train, model, accelerator, plan.total_steps, attention
     )
 
     last_good = latest_checkpoint(work_dir)
     start_step, counters = _resume(accelerator, last_good, peft_model, optimizer, scheduler, plan)
     n_params = sum(p.numel() for p in trainable)
     bar = _progress(recipe, train, plan, world, n_params, counters, accelerator.is_local_main_process)
-    window = _Window(counters)
-    t_run = time.time()
-    first_loss = last_loss = grad_norm = float("nan")
-    for step in range(start_step, plan.total_steps):
-        seqs = [
-            passage_ids(cache.get(int(r)), bos, eos, train.max_tokens)
-            for r in plan.rows_of(step, world, rank)
-        ]
-        batch = {k: v.to(accelerator.device) for k, v in make_batch(seqs, train.batching, pad_id).items()}
-        loss, stats = _forward(batch, seqs, peft_model, accelerator, world)
+    monitor, total, final_loss = Monitor(counters, accelerator.device, world), plan.total_steps, float("nan")
+    for step in range(start_step, total):
+        rows = plan.rows_of(step, world, rank)
+        inputs, targets = _batch(cache, rows, special, train, attention == "varlen", accelerator.device)
+        counts = plan.counts(step, world)  # global [targets, passages, tokens, padding], from the plan
+        with accelerator.autocast():
+            loss_sum = target_loss_sum(peft_model, inputs, targets)
+        # DDP averages the ranks' gradients; scaling each rank's loss sum by world / global targets makes
+        # that the gradient of the global token-weighted mean, as in one process.
+        norm = _update(accelerator, loss_sum * (world / max(int(counts[0]), 1)), trainable, train,
+                       optimizer, scheduler)  # fmt: skip
         done = step + 1
-        step_loss = stats[0] / max(stats[1], 1)
-        _check_finite("loss", step_loss, done, plan.total_steps, last_good)
-        accelerator.backward(loss)
-        norm = accelerator.clip_grad_norm_(trainable, train.max_grad_norm or float("inf"))
-        grad_norm = float(norm) if norm is not None else float("nan")
-        _check_finite("gradient norm", grad_norm, done, plan.total_steps, last_good)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        first_loss = step_loss if math.isnan(first_loss) else first_loss
-        window.add(stats)
-        bar.update(int(stats[2]))
-        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-        if done % train.log_every == 0 or done == plan.total_steps:
-            metrics = window.flush(
-                scheduler.get_last_lr()[0], grad_norm, done, plan.total_steps, train.epochs
-            )
-            last_loss = metrics["train/loss"]
+        monitor.step(done, loss_sum, len(targets), norm, counts)
+        bar.update(int(counts[1]))
+        log_now = done % train.log_every == 0 or done == total
+        save = bool(train.checkpoint_every) and done % train.checkpoint_every == 0 and done < total
+        if log_now or save:  # the only host sync: also refuses to checkpoint a diverged run
+            monitor.check(total, last_good)
+        if log_now:
+            metrics = monitor.flush(scheduler.get_last_lr()[0], done, total, train.epochs)
+            final_loss = metrics["train/loss"]
+            bar.set_postfix(loss=f"{final_loss:.3f}", lr=f"{metrics['train/lr']:.2e}", refresh=False)
             if tracker is not None and accelerator.is_main_process:
                 tracker.log(metrics, step=done)
-        if train.checkpoint_every and done % train.checkpoint_every == 0 and done < plan.total_steps:
+        if save:
             last_good = save_checkpoint(accelerator, work_dir, done, peft_model, optimizer, scheduler,
-                                        window.counters, plan.fingerprint)  # fmt: skip
+                                        monitor.counters, plan.fingerprint)  # fmt: skip
         if on_step is not None:
-            on_step(done, {"loss": step_loss, "grad_norm": grad_norm})
+            on_step(done, {"loss": loss_sum.detach() / max(len(targets), 1), "grad_norm": norm})
     bar.close()
-    stats_out = window.summary(plan, train, start_step, world, t_start, t_run, n_params)
-    stats_out.update(first_loss=first_loss, final_loss=last_loss, grad_norm=grad_norm)
+    stats_out = monitor.summary(plan, train, start_step, world, t_start, n_params)
+    grad_norm = monitor.read[2] if monitor.read else float("nan")
+    stats_out.update(
+        attention=attention, first_loss=monitor.first_loss, final_loss=final_loss, grad_norm=grad_norm
+    )
     _save(accelerator, peft_model, out_dir, stats_out, tracker, restore_model=model is not None)
     return stats_out
 
