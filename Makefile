@@ -13,7 +13,7 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench clean-demo
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench clean-demo mini mini-cpu
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,16 @@ table3: install ## Table 3 (MS-MARCO knowledge adapter) → experiments/table3/
 figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure2/
 	$(SWEEP) experiment=figure2
 	$(PY) -m readaptir.report figure2 --results-dir $(RESULTS) --out experiments/figure2
+
+mini: install ## mini reproduction on one GPU: SmolLM2 + its trained retriever, SciFact/NFCorpus, α sweep → experiments/mini/
+	$(SWEEP) experiment=mini
+	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini --models smollm2 \
+	    --datasets scifact,nfcorpus
+
+mini-cpu: install ## the same at CPU size (30-query/200-passage subsets, 2 cells; not in CI) → experiments/mini-cpu/
+	$(SWEEP) experiment=mini-cpu
+	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini-cpu --models smollm2 \
+	    --datasets scifact-mini,nfcorpus-mini
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
 	$(PY) experiments/bench_train.py

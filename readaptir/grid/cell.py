@@ -63,7 +63,16 @@ def job_dir(cfg: CellConfig) -> Path:
 def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
     """Download what is missing (the evaluated dataset, the knowledge corpus) before keys read it."""
     d = cfg.dataset
-    ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
+    if d.subset is not None:  # a NanoBEIR-style subset: its source first, then the cut (once, cached)
+        from readaptir.data.nano import subset_key, write_subset
+
+        source = ensure_dataset(d.subset.of, cfg.paths.data_dir, BEIR_URL.format(name=d.subset.of))
+        key = subset_key(d.subset, source, d.split)
+        ArtifactStore(cfg.paths.cache_dir).build(
+            "dataset", key, lambda tmp: write_subset(source, tmp, d.subset, d.split)
+        )
+    else:
+        ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
     if cfg.model.readapt and inputs.knowledge_root != inputs.eval_root:
         name = cfg.adapter.corpus
         ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
@@ -94,6 +103,7 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
     timings = record.timings
     with timed(timings, "prepare"):
         ensure_data(cfg, inputs)
+        inputs = CellInputs.of(cfg)  # again: a download or a subset cut may have changed what it points at
         # before any process group: ranks > 0 must not save configs
         folders = resolve_models(cfg.model, cfg.paths.cache_dir)
         if distributed():

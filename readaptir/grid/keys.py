@@ -28,9 +28,10 @@ from typing import Any
 
 from readaptir.config import CellConfig
 from readaptir.data.beir import dataset_dir, load_qrels
+from readaptir.data.nano import subset_key
 from readaptir.data.subsets import KnowledgeSubset, knowledge_subset, relevant_doc_ids
 from readaptir.runtime import Runtime, dtype_name
-from readaptir.store.artifacts import make_key
+from readaptir.store.artifacts import ArtifactStore, make_key
 from readaptir.store.identity import (
     UNKNOWN,
     file_fingerprint,
@@ -78,6 +79,10 @@ class CellInputs:
     def of(cls, cfg: CellConfig) -> CellInputs:
         d, data_dir = cfg.dataset, cfg.paths.data_dir
         eval_root = dataset_dir(d.beir_name, data_dir, d.builtin)
+        if d.subset is not None:  # cut from a full dataset into the store (readaptir.data.nano)
+            eval_root = ArtifactStore(cfg.paths.cache_dir).path(
+                subset_key(d.subset, dataset_dir(d.subset.of, data_dir), d.split)
+            )
         corpus = cfg.adapter.corpus
         knowledge_root = eval_root if corpus == d.name else dataset_dir(corpus, data_dir)
         subset = knowledge_subset(corpus, cfg.ablation.name, d.name, d.knowledge_corpus, d.split)

@@ -94,8 +94,10 @@ def describe_cell(cfg: CellConfig) -> str:
     steps = []
     t = cfg.model.train_retriever
     if "retriever" in p.missing and t is not None:
-        steps.append(f"train the retriever on {t.dataset} {t.split} (LoRA "
-                     f"r={t.r}, {t.epochs} epoch(s) of {t.queries_per_batch} queries × group {t.group_size})")
+        steps.append(
+            f"train the retriever on {t.dataset} {t.split} (LoRA "
+            f"r={t.r}, {t.epochs} epoch(s) of {t.queries_per_batch} queries × group {t.group_size})"
+        )
     if "adapter" in p.missing:
         th = gpu_hours(cfg, p.train_passages, 0)[0]
         steps.append(f"train {cfg.adapter.method} adapter on {cfg.adapter.corpus} ({cfg.ablation.name}, "

@@ -149,7 +149,10 @@ def train_retriever(
                 pooled(model, q_rows, pad_id, eos), pooled(model, p_rows, pad_id, eos), recipe.temperature
             )
         loss.backward()
-        norm, value = float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)), float(loss.detach())
+        norm, value = (
+            float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)),
+            float(loss.detach()),
+        )
         if not math.isfinite(value) or not math.isfinite(norm):
             raise FloatingPointError(
                 f"retriever loss {value} / grad norm {norm} at step {step + 1}; last good checkpoint: {last}"
