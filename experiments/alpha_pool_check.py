@@ -47,11 +47,15 @@ def compose(overrides: list[str]) -> CellConfig:
 def full_corpus_scores(cfg: CellConfig, sel: Selection) -> dict[float, dict[str, float]]:
     """Per α, per selection query: nDCG@10 on the whole corpus (the readapted index at that α)."""
     runtime = Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype)
-    inputs, store, folders = CellInputs.of(cfg), ArtifactStore(cfg.paths.cache_dir), resolve_models(cfg.model)
+    inputs, store = CellInputs.of(cfg), ArtifactStore(cfg.paths.cache_dir)
+    folders = resolve_models(cfg.model, cfg.paths.cache_dir)
+    cell = cell_keys(cfg, runtime, inputs)
+    if "retriever" in cell:  # a trained retriever: the cell just built it, this reuses it
+        folders, _ = stages.train_retriever(cfg, store, cell["retriever"], folders, runtime)
     sel_ids = {q for f in sel.folds for q in f["select"]}
     queries = load_queries(inputs.eval_root, sel_ids)
     qrels = {q: d for q, d in load_qrels(inputs.eval_root, sel.split).items() if q in sel_ids}
-    adapter = store.path(cell_keys(cfg, runtime, inputs)["adapter"])
+    adapter = store.path(cell["adapter"])
     data = stages.EvalData(inputs.eval_root, {}, {})
     out = {}
     for alpha in sel.candidates:

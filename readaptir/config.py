@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from readaptir.errors import UserError
+from readaptir.errors import UserError, config_line
 
 Ablation = Literal["both", "without", "with"]
 # The Hydra configs shipped in the package (a source checkout's top-level conf/ links here).
@@ -41,7 +41,47 @@ def typed(cls: type[_S], obj: Any) -> _S:
     try:
         return cls.model_validate(dict(obj))
     except ValidationError as e:
-        raise ConfigError(_one_line(e, obj)) from None
+        raise ConfigError(config_line(e, obj)) from None
+
+
+class RetrieverTraining(_Spec):
+    """A retriever the pipeline trains from ``model.pretrained``: RepLLaMA's recipe, trained as Tevatron does.
+
+    A PEFT LoRA over the bare ``AutoModel`` (FEATURE_EXTRACTION), the model's query/passage prompts, EOS
+    pooling, InfoNCE at ``temperature`` over in-batch negatives plus ``group_size - 1`` BM25 hard negatives
+    per query; one epoch visits each ``split`` query once with one sampled positive.
+    """
+
+    dataset: str  # BeIR dataset (in paths.data_dir) whose `split` qrels and corpus train the retriever
+    split: str = "train"
+    r: int = Field(32, ge=1)
+    alpha: float = Field(64, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    targets: tuple[str, ...] = Field(
+        ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), min_length=1
+    )
+    temperature: float = Field(0.01, gt=0)
+    group_size: int = Field(16, ge=1)
+    queries_per_batch: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)  # used when warmup_steps = 0
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    query_max_len: int = Field(32, ge=3)
+    passage_max_len: int = Field(196, ge=3)
+    bm25_depth: int = Field(200, ge=1)
+    seed: int = 42
+    max_queries: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(100, ge=0)
+    log_every: int = Field(10, ge=1)
+    evaluate_untrained: bool = True  # also evaluate the pretrained model with the same prompts, no LoRA
+
+    def determining(self) -> dict[str, Any]:
+        """What changes the trained retriever (not checkpointing, logging or the untrained comparison)."""
+        return self.model_dump(exclude={"dataset", "checkpoint_every", "log_every", "evaluate_untrained"})
 
 
 class ModelSpec(_Spec):
@@ -63,12 +103,23 @@ class ModelSpec(_Spec):
     torch_dtype: Literal["bfloat16", "float16", "float32"] | None = None
     readapt: bool = True
     tiny: Literal["llama", "mistral"] | None = None
+    train_retriever: RetrieverTraining | None = None  # set (and retriever null): the pipeline trains it
     # BM25 (kind: lexical)
     k1: float = Field(1.5, ge=0)
     b: float = Field(0.75, ge=0, le=1)
     method: str = "lucene"
     stemmer: str | None = None
     stopwords: str | None = None
+
+
+class SubsetSpec(_Spec):
+    """A NanoBEIR-style subset cut deterministically from a full dataset (:mod:`readaptir.data.nano`)."""
+
+    of: str  # BeIR name of the full dataset in paths.data_dir
+    queries: int = Field(30, ge=1)  # eval-split queries with a judged-relevant passage, sampled
+    passages: int = Field(200, ge=1)  # their judged-relevant passages, then BM25 distractors
+    relevant_per_query: int = Field(3, ge=1)
+    seed: int = 13
 
 
 class DatasetSpec(_Spec):
@@ -88,6 +139,7 @@ class DatasetSpec(_Spec):
     builtin: bool = False
     # Metrics beyond BeIR's NDCG/MAP/Recall/P, e.g. [MRR@10] for MS-MARCO (its official measure).
     extra_metrics: tuple[str, ...] = ()
+    subset: SubsetSpec | None = None  # built from another dataset into the cache instead of downloaded
 
 
 class AdapterRecipe(_Spec):
@@ -231,42 +283,4 @@ class CellConfig(_Spec):
         try:
             return cls.model_validate(cfg)
         except ValidationError as e:
-            raise ConfigError(_one_line(e, cfg)) from None
-
-
-_UNION_TAGS = ("function-", "literal[", "float", "int", "str", "bool", "none", "tuple[", "list[", "dict[")
-
-
-def _key(loc: tuple) -> str:
-    """A config key from a validation location, without pydantic's union-member tags."""
-    return ".".join(str(p) for p in loc if not str(p).startswith(_UNION_TAGS))
-
-
-def _one_line(err: ValidationError, raw: Any) -> str:
-    """The first validation error as ``config key a.b=<value>: <what is allowed>``."""
-    errors = err.errors()
-    first = errors[0]
-    key = _key(first["loc"])
-    msg = first["msg"]
-    union = [e for e in errors if _key(e["loc"]) == key]
-    if len(union) > 1:  # a value of a union type (α: a number or "auto"): name every allowed form
-        kinds = {"float": "a number", "int": "an integer", "bool": "true or false", "string": "a string"}
-        forms = [f"one of {e['ctx']['expected']}" if "expected" in (e.get("ctx") or {})
-                 else kinds.get(e["type"].split("_")[0], e["type"]) for e in union]  # fmt: skip
-        return f"config key {key}={first.get('input')!r}: use {' or '.join(forms)}"
-    if first["type"] == "missing":
-        return f"config key {key} is missing; add it to the config or set +{key}=..."
-    if first["type"] == "extra_forbidden":
-        return f"config key {key} is not a known setting; remove it or check its spelling"
-    ctx = first.get("ctx") or {}
-    if "expected" in ctx:
-        msg = f"use one of {ctx['expected']}"
-    elif "ge" in ctx:
-        msg = f"must be ≥ {ctx['ge']}"
-    elif "gt" in ctx:
-        msg = f"must be > {ctx['gt']}"
-    elif "le" in ctx:
-        msg = f"must be ≤ {ctx['le']}"
-    elif "lt" in ctx:
-        msg = f"must be < {ctx['lt']}"
-    return f"config key {key}={first.get('input')!r}: {msg}"
+            raise ConfigError(config_line(e, cfg)) from None

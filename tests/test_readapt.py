@@ -218,6 +218,54 @@ def test_lm_head_parts_of_adapter_are_ignored(tiny_llama, tmp_path):
     assert _max_diff(out, _peft_merged(tiny_llama.pretrained, adapter)) <= 1e-5
 
 
+def _tied_llama(tiny_llama, out: Path) -> Path:
+    """The tiny LLaMA with tied input/output embeddings, saved as SmolLM2 is: no ``lm_head.weight`` stored."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(tiny_llama.pretrained)
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(11)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama.pretrained).save_pretrained(out)
+    return out
+
+
+def test_tied_embeddings_key_mapping(tiny_llama, tmp_path):
+    """A tied model stores no LM head; an adapter on it (the tied head) is set aside, not refused."""
+    from safetensors import safe_open
+
+    tied = _tied_llama(tiny_llama, tmp_path / "tied")
+    with safe_open(tied / "model.safetensors", framework="pt") as f:
+        assert "lm_head.weight" not in set(f.keys())
+    retriever = tmp_path / "ret"
+    shutil.copytree(tiny_llama.retriever, retriever)
+    (retriever / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                **json.loads((retriever / "adapter_config.json").read_text()),
+                "base_model_name_or_path": str(tied),
+            }
+        )
+    )
+    adapter = make_adapter(tied, tmp_path / "know", True, targets=[*KNOWLEDGE_TARGETS, "lm_head"])
+    out, report = readapt(tied, retriever, adapter, 1.0, 0.0)
+    assert "embed_tokens.weight" in out and "lm_head.weight" not in out
+    assert report["ignored_adapter_tensors"] > 0
+    # The head's LoRA is discarded (docs/method.md §1): the tied embedding stays W_pre's, whereas PEFT's merge
+    # writes it into the shared matrix; every other tensor is PEFT's merge.
+    peft = _peft_merged(tied, adapter)
+    assert torch.equal(out["embed_tokens.weight"], _pretrained_sd(tied)["embed_tokens.weight"])
+    assert (
+        _max_diff(
+            {k: v for k, v in out.items() if "embed" not in k}, {k: peft[k] for k in out if "embed" not in k}
+        )
+        <= 1e-5
+    )
+    base = load_base_retriever(tied, retriever)  # α=0, β=1: PEFT's merge of the retriever LoRA
+    ref = _retriever_sd(type(tiny_llama)(tied, retriever))
+    assert _max_diff(base.state_dict(), ref) <= 1e-6
+
+
 # ---------------------------------------------------------------- mismatches
 
 

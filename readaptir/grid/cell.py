@@ -1,4 +1,4 @@
-"""One grid cell end to end: keys → knowledge adapter → base retrieval → RE-Adapt → retrieval → results.
+"""One grid cell end to end: keys → [retriever] → knowledge adapter → base retrieval → RE-Adapt → results.
 
 ``run.py`` composes the Hydra config and calls :func:`run`, which validates it into a
 :class:`~readaptir.config.CellConfig` and runs the cell (or, with ``run.plan=true``, describes it). The
@@ -65,9 +65,21 @@ def job_dir(cfg: CellConfig) -> Path:
 def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
     """Download what is missing (the evaluated dataset, the knowledge corpus) before keys read it."""
     d = cfg.dataset
-    ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
+    if d.subset is not None:  # a NanoBEIR-style subset: its source first, then the cut (once, cached)
+        from readaptir.data.nano import subset_key, write_subset
+
+        source = ensure_dataset(d.subset.of, cfg.paths.data_dir, BEIR_URL.format(name=d.subset.of))
+        key = subset_key(d.subset, source, d.split)
+        ArtifactStore(cfg.paths.cache_dir).build(
+            "dataset", key, lambda tmp: write_subset(source, tmp, d.subset, d.split)
+        )
+    else:
+        ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
     if cfg.model.readapt and inputs.knowledge_root != inputs.eval_root:
         name = cfg.adapter.corpus
+        ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
+    if cfg.model.kind == "dense" and cfg.model.train_retriever is not None:  # the retriever's training data
+        name = cfg.model.train_retriever.dataset
         ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
 
 
@@ -93,7 +105,9 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
     timings = record.timings
     with timed(timings, "prepare"):
         ensure_data(cfg, inputs)
-        folders = resolve_models(cfg.model)  # before any process group: ranks > 0 must not save configs
+        inputs = CellInputs.of(cfg)  # again: a download or a subset cut may have changed what it points at
+        # before any process group: ranks > 0 must not save configs
+        folders = resolve_models(cfg.model, cfg.paths.cache_dir)
         if distributed():
             dist_state()  # one process group for every later Accelerator (CPU launches use gloo)
         runtime = Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype)
@@ -102,6 +116,14 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
     store = ArtifactStore(cfg.paths.cache_dir)
     tracker = _tracker(cfg, record, runtime)
     try:
+        if "retriever" in keys:
+            with timed(timings, "train_retriever"):
+                folders, record.retriever = stages.train_retriever(
+                    cfg, store, keys["retriever"], folders, runtime
+                )
+        if "untrained_run" in keys:
+            with timed(timings, "evaluate_untrained"):
+                record.untrained = _evaluate(cfg, store, keys, "untrained", folders, runtime, data)
         with timed(timings, "evaluate_base"):
             if store.missing(keys["base_run"]):
                 retriever = stages.base_retriever(cfg, folders, runtime)
@@ -125,6 +147,17 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
         if cfg.readapt.push_to_hub and "readapted" in keys:  # opt-in, after the results are safe
             stages.push_readapted(cfg, store, keys, folders, record.model_dump(), runtime)
     return record
+
+
+def _evaluate(cfg, store, keys, which: str, folders, runtime, data) -> dict[str, float]:
+    """Metrics of the ``<which>_run`` product, retrieving with ``stages.<which>_retriever`` if missing."""
+    if store.missing(keys[f"{which}_run"]):
+        retriever = getattr(stages, f"{which}_retriever")(cfg, folders, runtime)
+        stages.retrieve(
+            store, keys[f"{which}_index"], keys[f"{which}_run"], retriever, data, cfg.search.top_k
+        )
+        del retriever
+    return stages.score(store, keys[f"{which}_run"], cfg, data)[0] if runtime.main else {}
 
 
 def _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q) -> None:

@@ -4,8 +4,13 @@ A cell's products form a small graph; each product's key hashes exactly the sett
 plus its parents' keys (:func:`readaptir.store.artifacts.make_key`):
 
     tokens ─→ adapter ─────────────┐
-    base_weights ─┬→ base_index → base_run ──────────────┐
-                  └→ readapted (α, β, scaling) → ra_index → ra_run ─→ result
+    [retriever] → base_weights ─┬→ base_index → base_run ──────────────┐
+                                └→ readapted (α, β, scaling) → ra_index → ra_run ─→ result
+    [untrained_weights → untrained_index → untrained_run] ────────────────────────────┘
+
+``retriever`` and the ``untrained_*`` nodes exist when the model config trains its retriever
+(``model.train_retriever``): the retriever is keyed by the pretrained model, its training data and recipe,
+and the untrained run (the pretrained model with the same prompts and pooling) measures what training added.
 
 With ``readapt.alpha=auto`` a ``selection`` product (α chosen on withheld queries over a candidate pool
 drawn from ``base_index`` and a BM25 index) takes the place of the readapted chain; the readapted products
@@ -27,9 +32,10 @@ from typing import Any
 
 from readaptir.config import CellConfig, ModelSpec
 from readaptir.data.beir import dataset_dir, load_qrels
+from readaptir.data.nano import subset_key
 from readaptir.data.subsets import KnowledgeSubset, knowledge_subset, relevant_doc_ids
 from readaptir.runtime import Runtime, dtype_name
-from readaptir.store.artifacts import make_key
+from readaptir.store.artifacts import ArtifactStore, make_key
 from readaptir.store.identity import (
     UNKNOWN,
     file_fingerprint,
@@ -77,6 +83,10 @@ class CellInputs:
     def of(cls, cfg: CellConfig) -> CellInputs:
         d, data_dir = cfg.dataset, cfg.paths.data_dir
         eval_root = dataset_dir(d.beir_name, data_dir, d.builtin)
+        if d.subset is not None:  # cut from a full dataset into the store (readaptir.data.nano)
+            eval_root = ArtifactStore(cfg.paths.cache_dir).path(
+                subset_key(d.subset, dataset_dir(d.subset.of, data_dir), d.split)
+            )
         corpus = cfg.adapter.corpus
         knowledge_root = eval_root if corpus == d.name else dataset_dir(corpus, data_dir)
         subset = knowledge_subset(corpus, cfg.ablation.name, d.name, d.knowledge_corpus, d.split)
@@ -115,6 +125,9 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
     else:
         weights = {"pretrained": model_identity(m.pretrained), "retriever": model_identity(m.retriever),
                    "kind": m.retriever_kind}  # fmt: skip
+    trained = m.kind == "dense" and m.train_retriever is not None
+    if trained:
+        weights["retriever"] = "trained"  # the retriever product, a parent of these weights
     index = {"dataset": d.beir_name, "corpus": file_fingerprint(root / "corpus.jsonl")}
     if m.kind != "lexical":
         dtype = dtype_name(runtime.encode_dtype) if m.kind == "dense" else "float32"
@@ -129,11 +142,34 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
            "qrels": file_fingerprint(root / "qrels" / f"{d.split}.tsv")}  # fmt: skip
     if m.kind != "lexical":
         run.update(query_template=m.query_template, task=d.task, query_max_len=m.query_max_len)
-    return {
-        "base_weights": Product("weights", weights, stored=False),
+    products = {
+        "base_weights": Product("weights", weights, ("retriever",) if trained else (), stored=False),
         "base_index": Product("index", index, ("base_weights",)),
         "base_run": Product("run", run, ("base_index",)),
     }
+    if trained:
+        products["retriever"] = _retriever_product(cfg, runtime)
+    if trained and m.train_retriever.evaluate_untrained:  # the pretrained model, same prompts, no LoRA
+        untrained = {"pretrained": model_identity(m.pretrained), "retriever": None, "kind": "untrained"}
+        products["untrained_weights"] = Product("weights", untrained, stored=False)
+        products["untrained_index"] = Product("index", index, ("untrained_weights",))
+        products["untrained_run"] = Product("run", run, ("untrained_index",))
+    return products
+
+
+def _retriever_product(cfg: CellConfig, runtime: Runtime) -> Product:
+    """A retriever trained from the pretrained model: its data (every qrels split: judged passages are never
+    negatives), the recipe and the prompts it is trained with."""
+    m, t = cfg.model, cfg.model.train_retriever
+    assert t is not None
+    root = dataset_dir(t.dataset, cfg.paths.data_dir)
+    qrels = {p.stem: file_fingerprint(p) for p in sorted((root / "qrels").glob("*.tsv"))}
+    fields = {"pretrained": model_identity(m.pretrained), "dataset": t.dataset,
+              "corpus": file_fingerprint(root / "corpus.jsonl"), "queries": file_fingerprint(root / "queries.jsonl"),
+              "qrels": qrels or file_fingerprint(root / "qrels" / f"{t.split}.tsv"), "recipe": t.determining(),
+              "query_template": m.query_template, "passage_template": m.passage_template,
+              "precision": runtime.train_precision}  # fmt: skip
+    return Product("retriever", fields)
 
 
 def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, base: Mapping[str, Product]):
@@ -203,10 +239,10 @@ def cell_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None =
     """The cell's product graph (readapted products only when RE-Adapt applies to the cell)."""
     inputs = inputs or CellInputs.of(cfg)
     products = _retrieval_products(cfg, runtime, inputs)
-    runs: tuple[str, ...] = ("base_run",)
+    runs: tuple[str, ...] = ("base_run",) + (("untrained_run",) if "untrained_run" in products else ())
     if cfg.model.readapt and cfg.model.kind == "dense" and inputs.subset.applicable:
         products.update(_readapt_products(cfg, runtime, inputs, products))
-        runs = ("base_run", "selection" if cfg.readapt.auto else "ra_run")
+        runs = (*runs, "selection" if cfg.readapt.auto else "ra_run")
     e = cfg.evaluate
     result = {"k_values": sorted(set(e.k_values)), "extra_metrics": list(cfg.dataset.extra_metrics)}
     products["result"] = Product("result", result, runs, stored=False)

@@ -123,6 +123,12 @@ def describe_cell(cfg: CellConfig, earlier: Sequence[CellPlan] = ()) -> str:
     if p.done:
         return f"{head}: done ({CellCoords.of(cfg).store_path(cfg.paths.results_dir)})"
     c, steps = CellCoords.of(cfg), []
+    t = cfg.model.train_retriever
+    if "retriever" in p.missing and t is not None:
+        steps.append(
+            f"train the retriever on {t.dataset} {t.split} (LoRA "
+            f"r={t.r}, {t.epochs} epoch(s) of {t.queries_per_batch} queries × group {t.group_size})"
+        )
     if "adapter" in p.missing:
         what = f"train {cfg.adapter.method} adapter on {cfg.adapter.corpus} ({cfg.ablation.name}, {cfg.train.batching} batching)"
         steps.append(_step(p, "adapter", what, p.train, owner))

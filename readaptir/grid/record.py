@@ -66,6 +66,13 @@ class CellCoords(BaseModel):
         return Path(results_dir).expanduser().resolve() / self.model / self.dataset / f"{self.name}.json"
 
 
+def _trained_on(cfg: CellConfig) -> bool:
+    """Whether the retriever the pipeline trains saw this dataset (its own split of it, or a subset's source)."""
+    t, d = cfg.model.train_retriever, cfg.dataset
+    sources = {d.name, d.beir_name} | ({d.subset.of} if d.subset is not None else set())
+    return t is not None and t.dataset in sources
+
+
 class CellRecord(BaseModel):
     """Everything a finished (or skipped, or failed) cell reports."""
 
@@ -88,6 +95,10 @@ class CellRecord(BaseModel):
     delta_report: dict[str, Any] = {}
     alpha_selection: dict[str, Any] = {}  # alpha=auto: protocol, per-α selection scores, chosen α per fold
     train: dict[str, Any] = {}
+    retriever: dict[
+        str, Any
+    ] = {}  # training stats of a retriever the pipeline trained (model.train_retriever)
+    untrained: dict[str, float] = {}  # the pretrained model's metrics with the same prompts, no LoRA
     timings: dict[str, float] = {}
     artifacts: dict[str, str] = {}
     artifact_events: list[dict[str, Any]] = []
@@ -97,7 +108,7 @@ class CellRecord(BaseModel):
         return cls(
             cell=CellCoords.of(cfg),
             demo=cfg.model.tiny is not None,
-            zero_shot=cfg.model.name not in cfg.dataset.seen_by,
+            zero_shot=cfg.model.name not in cfg.dataset.seen_by and not _trained_on(cfg),
             corpus_size=cfg.dataset.corpus_size,
             readapt=cfg.model.readapt,
             seed=cfg.train.seed,
@@ -137,6 +148,10 @@ class CellRecord(BaseModel):
             head = f"{c.model} × {c.dataset} (baseline: base model only, RE-Adapt does not apply)"
         lines = [head] + ([DEMO_NOTICE] if self.demo else [])
         b, r = self.base.get("NDCG@10"), self.readapted.get("NDCG@10")
+        if self.untrained.get("NDCG@10") is not None:
+            lines.append(
+                f"  nDCG@10 untrained {100 * self.untrained['NDCG@10']:.1f} (pretrained model, no LoRA)"
+            )
         if b is not None:
             line = f"  nDCG@10 base {100 * b:.1f}"
             if r is not None:

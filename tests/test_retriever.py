@@ -1,0 +1,161 @@
+"""Retriever training (RepLLaMA's recipe): data conventions, loss, layout, resume, and the stage in a cell."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from safetensors.torch import load_file
+
+from readaptir.config import CellConfig, ModelSpec, RetrieverTraining
+from readaptir.data.beir import RESOURCES
+from readaptir.grid.cell import run_cell
+from readaptir.grid.plan import plan_cell
+from readaptir.models.hub import resolve_models
+from readaptir.readapt.model import load_base_retriever
+from readaptir.train.retriever import info_nce, train_retriever
+from readaptir.train.retriever_data import TrainData, build_plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recipe(**over) -> RetrieverTraining:
+    base = dict(dataset="toy", r=4, alpha=8, group_size=3, queries_per_batch=4, lr=1e-3, warmup_steps=0,
+                query_max_len=24, passage_max_len=48, bm25_depth=20, checkpoint_every=0, log_every=1)  # fmt: skip
+    return RetrieverTraining(**{**base, **over})
+
+
+@pytest.fixture(scope="module")
+def toy() -> TrainData:
+    return TrainData.load(RESOURCES / "toy", "train")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: two threads on a shared 2-core box mostly contend
+    yield
+    torch.set_num_threads(n)
+
+
+def test_plan_follows_tevatron(toy):
+    r = recipe(epochs=2)
+    plan = build_plan(toy, r)
+    assert plan == build_plan(toy, r)  # a pure function of the inputs
+    train_q = sorted(q for q, d in toy.qrels.items() if any(s > 0 for s in d.values()))
+    per_epoch = -(-len(train_q) // r.queries_per_batch)
+    assert plan.total_steps == 2 * per_epoch and plan.queries == len(train_q)
+    for epoch in range(2):
+        seen = [e.query for s in plan.steps[epoch * per_epoch : (epoch + 1) * per_epoch] for e in s]
+        assert sorted(seen) == train_q  # each training query once per epoch
+    for e in (e for s in plan.steps for e in s):
+        assert toy.qrels[e.query][e.positive] > 0 and len(e.negatives) == r.group_size - 1
+        assert not set(e.negatives) & toy.judged[e.query]  # judged passages are never negatives
+    assert all(not e.negatives for s in build_plan(toy, recipe(group_size=1)).steps for e in s)
+    assert build_plan(toy, recipe(max_steps=2)).total_steps == 2
+
+
+def test_info_nce_targets_each_querys_own_positive():
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    noise = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    right = torch.stack([q[0], noise[0], q[1], noise[1], q[2], noise[2]])  # groups of 2, positive first
+    wrong = torch.stack([noise[0], q[0], noise[1], q[1], noise[2], q[2]])
+    assert info_nce(q, right, 0.01) < 1e-3 < info_nce(q, wrong, 0.01)
+
+
+def test_trained_retriever_has_repllamas_layout_and_learns(tmp_path, tiny_llama, toy):
+    from transformers import AutoTokenizer
+
+    from readaptir.train.retriever import _Texts, pooled, retriever_model
+
+    spec = ModelSpec.model_validate(
+        {"name": "t", "query_template": "query: {query}", "passage_template": "passage: {title} {text}"}
+    )
+    r = recipe(max_steps=8)
+    stats = train_retriever(tiny_llama.pretrained, "org/base-model", RESOURCES / "toy", spec, r, tmp_path / "out",
+                            tmp_path / "work")  # fmt: skip
+    cfg = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert cfg["task_type"] == "FEATURE_EXTRACTION" and cfg["base_model_name_or_path"] == "org/base-model"
+    assert sorted(cfg["target_modules"]) == sorted(r.targets) and (cfg["r"], cfg["lora_alpha"]) == (4, 8)
+    keys = list(load_file(tmp_path / "out" / "adapter_model.safetensors"))
+    assert all(k.startswith("base_model.model.layers.") for k in keys)  # bare AutoModel, like RepLLaMA
+    assert stats["steps"] == 8 and stats["queries"] == 32
+    # The learned LoRA, merged by RE-Adapt's arithmetic, separates a batch better than no LoRA (α=0 of Δ).
+    tok = AutoTokenizer.from_pretrained(tiny_llama.pretrained)
+    q_rows, p_rows = _Texts(toy, spec, r, tok).rows(build_plan(toy, r).steps[0])
+    untrained = retriever_model(tiny_llama.pretrained, r, "x").eval()
+    trained = load_base_retriever(tiny_llama.pretrained, tmp_path / "out")
+    with torch.no_grad():
+        losses = [
+            float(info_nce(pooled(m, q_rows, 2, 2), pooled(m, p_rows, 2, 2), 0.01))
+            for m in (untrained, trained)
+        ]
+    assert losses[1] < losses[0], losses
+
+
+def test_resume_after_kill_gives_the_same_retriever(tmp_path, tiny_llama):
+    spec = ModelSpec.model_validate({"name": "t"})
+    r = recipe(max_steps=6, checkpoint_every=2)
+    train_retriever(
+        tiny_llama.pretrained, "b", RESOURCES / "toy", spec, r, tmp_path / "full", tmp_path / "w1"
+    )
+
+    class Killer:
+        def log(self, metrics, step):
+            if step == 3:
+                raise KeyboardInterrupt
+
+        def summary(self, values):
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        train_retriever(
+            tiny_llama.pretrained, "b", RESOURCES / "toy", spec, r, tmp_path / "x", tmp_path / "w2", Killer()
+        )
+    stats = train_retriever(
+        tiny_llama.pretrained, "b", RESOURCES / "toy", spec, r, tmp_path / "resumed", tmp_path / "w2"
+    )
+    assert stats["resumed_from_step"] == 2
+    full, resumed = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("full", "resumed"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def _cell(tmp_path: Path, *overrides: str) -> CellConfig:
+    data = tmp_path / "data"
+    if not (data / "toy").is_dir():
+        shutil.copytree(RESOURCES / "toy", data / "toy")  # the retriever's training data, in paths.data_dir
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "model=tiny-llama", "model.retriever=null", "+model.train_retriever.dataset=toy",
+            "+model.train_retriever.r=4", "+model.train_retriever.max_steps=4", "+model.train_retriever.group_size=2",
+            "+model.train_retriever.passage_max_len=48", "+model.train_retriever.warmup_steps=0",
+            "dataset=demo/toy", "train.max_passages=8", "tracking.backend=none", "search.top_k=50",
+            f"paths.data_dir={data}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])  # fmt: skip
+    GlobalHydra.instance().clear()
+    return CellConfig.from_hydra(cfg)
+
+
+def test_cell_trains_its_retriever_once(tmp_path):
+    cfg = _cell(tmp_path)
+    resolve_models(cfg.model, cfg.paths.cache_dir)
+    planned = plan_cell(cfg).keys
+    assert {"retriever", "untrained_run"} <= set(planned)
+    record = run_cell(cfg, tmp_path / "job")
+    assert record.status == "done" and record.artifacts == planned and not record.zero_shot
+    assert record.retriever["steps"] == 4 and "NDCG@10" in record.untrained and "NDCG@10" in record.readapted
+    again = run_cell(_cell(tmp_path, "readapt.alpha=1.0"), tmp_path / "job2")  # another α: same retriever
+    built = {e["key"] for e in again.artifact_events if not e["reused"]}
+    assert (
+        again.artifacts["retriever"] == planned["retriever"]
+        and again.artifacts["adapter"] == planned["adapter"]
+    )
+    assert not built & {planned[k] for k in ("retriever", "adapter", "base_run", "untrained_run")}
+    assert again.untrained == record.untrained and again.base == record.base
+    other = plan_cell(_cell(tmp_path, "+model.train_retriever.lr=5e-4")).keys
+    assert other["retriever"] != planned["retriever"] and other["untrained_run"] == planned["untrained_run"]
