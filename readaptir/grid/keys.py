@@ -28,7 +28,7 @@ from readaptir.runtime import Runtime, dtype_name
 from readaptir.store.artifacts import make_key
 from readaptir.store.identity import (
     UNKNOWN,
-    file_fingerprint,
+    content_identity,
     ids_digest,
     model_identity,
     tokenizer_identity,
@@ -88,21 +88,26 @@ class CellInputs:
         return relevant_doc_ids(load_qrels(self.eval_root, sub.filter_split))
 
 
-def tokens_fields(tokenizer: str | Path, corpus_root: Path) -> dict[str, Any]:
+def identity_dir(cfg: CellConfig) -> Path:
+    """Where data-file identities are remembered (the data folder itself may be read-only)."""
+    return Path(cfg.paths.cache_dir).expanduser() / "identity"
+
+
+def tokens_fields(tokenizer: str | Path, corpus_root: Path, memo: Path | None = None) -> dict[str, Any]:
     """What determines a token cache: the tokenizer files, the corpus contents and the storage format."""
-    return {"tokenizer": tokenizer_identity(tokenizer), "corpus": file_fingerprint(corpus_root / "corpus.jsonl"),
-            "format": FORMAT_VERSION,
+    return {"tokenizer": tokenizer_identity(tokenizer),
+            "corpus": content_identity(corpus_root / "corpus.jsonl", memo), "format": FORMAT_VERSION,
             "text": "title+' '+text,stripped"}  # fmt: skip
 
 
-def tokens_key(tokenizer: str | Path, corpus_root: Path) -> str:
+def tokens_key(tokenizer: str | Path, corpus_root: Path, memo: Path | None = None) -> str:
     """Key of a corpus's token cache (benchmarks and tests that tokenize outside a cell use it too)."""
-    return make_key("tokens", tokens_fields(tokenizer, Path(corpus_root)))
+    return make_key("tokens", tokens_fields(tokenizer, Path(corpus_root), memo))
 
 
 def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -> dict[str, Product]:
     """``base_weights → base_index → base_run`` (and the readapted twins' shared fields)."""
-    m, d, root = cfg.model, cfg.dataset, inputs.eval_root
+    m, d, root, memo = cfg.model, cfg.dataset, inputs.eval_root, identity_dir(cfg)
     if m.kind == "lexical":
         weights = {"kind": m.kind, "name": m.name, "k1": m.k1, "b": m.b, "method": m.method,
                    "stemmer": m.stemmer, "stopwords": m.stopwords}  # fmt: skip
@@ -111,7 +116,7 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
     else:
         weights = {"pretrained": model_identity(m.pretrained), "retriever": model_identity(m.retriever),
                    "kind": m.retriever_kind}  # fmt: skip
-    index = {"dataset": d.beir_name, "corpus": file_fingerprint(root / "corpus.jsonl")}
+    index = {"dataset": d.beir_name, "corpus": content_identity(root / "corpus.jsonl", memo)}
     if m.kind != "lexical":
         dtype = dtype_name(runtime.encode_dtype) if m.kind == "dense" else "float32"
         index.update(passage_template=m.passage_template, passage_max_len=m.passage_max_len,
@@ -119,8 +124,8 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
     # search.backend and chunk_size are left out on purpose: both backends are exact, so they produce
     # the same run and a cell rerun with the other backend reuses it.
     run = {"top_k": cfg.search.top_k, "split": d.split, "dataset": d.beir_name,
-           "queries": file_fingerprint(root / "queries.jsonl"),
-           "qrels": file_fingerprint(root / "qrels" / f"{d.split}.tsv")}  # fmt: skip
+           "queries": content_identity(root / "queries.jsonl", memo),
+           "qrels": content_identity(root / "qrels" / f"{d.split}.tsv", memo)}  # fmt: skip
     if m.kind != "lexical":
         run.update(query_template=m.query_template, task=d.task, query_max_len=m.query_max_len)
     return {
@@ -133,7 +138,7 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
 def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, base: Mapping[str, Product]):
     """``tokens → adapter``, ``readapted → ra_index → ra_run``: only for dense cells RE-Adapt applies to."""
     m, sub = cfg.model, inputs.subset
-    tokens = tokens_fields(m.pretrained or UNKNOWN, inputs.knowledge_root)
+    tokens = tokens_fields(m.pretrained or UNKNOWN, inputs.knowledge_root, identity_dir(cfg))
     subset: dict[str, Any] = {"subset": sub.subset}
     if sub.subset != "both":  # the subset is the set of judged-relevant doc ids: hash it, not a name
         relevant = inputs.relevant()  # qrels not downloaded yet (plan mode): distinct per dataset and split
@@ -179,3 +184,16 @@ def cell_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None =
 def cell_keys(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None = None) -> dict[str, str]:
     """Node name → artifact key for every product of the cell (see the module docstring)."""
     return resolve(cell_products(cfg, runtime, inputs))
+
+
+def stored_parents(products: Mapping[str, Product], keys: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Key → keys of the stored products it is made from, looking through key-only nodes (the store
+    records their build ids, so rebuilding one invalidates what was made from it)."""
+
+    def nearest(name: str) -> list[str]:
+        out: list[str] = []
+        for q in products[name].parents:
+            out += [keys[q]] if products[q].stored else nearest(q)
+        return out
+
+    return {keys[n]: tuple(dict.fromkeys(nearest(n))) for n in products}
