@@ -21,13 +21,15 @@ from typing import Any
 
 from readaptir.config import CellConfig
 from readaptir.data.beir import ensure_dataset
+from readaptir.data.checks import check_corpus, check_dataset
 from readaptir.evaluate import paired_test
 from readaptir.grid import stages
-from readaptir.grid.keys import CellInputs, cell_keys
-from readaptir.grid.record import CellRecord
+from readaptir.grid.keys import CellInputs, cell_products, identity_dir, resolve, stored_parents
+from readaptir.grid.record import CellRecord, failure_reason
 from readaptir.models.hub import resolve_models
-from readaptir.runtime import Runtime, dist_state, distributed
+from readaptir.runtime import Runtime, dist_state, distributed, is_main
 from readaptir.store.artifacts import ArtifactStore
+from readaptir.store.locks import ProductBusy
 from readaptir.tracking import Tracker, start_tracker
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,26 @@ def job_dir(cfg: CellConfig) -> Path:
 
 
 def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
-    """Download what is missing (the evaluated dataset, the knowledge corpus) before keys read it."""
-    d = cfg.dataset
+    """Download what is missing (the evaluated dataset, the knowledge corpus) before keys read it, then
+    check it (unique doc ids, qrels pointing into the corpus): bad data is refused before anything loads."""
+    d, memo = cfg.dataset, identity_dir(cfg)
     ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
+    check_dataset(inputs.eval_root, d.split, memo)
     if cfg.model.readapt and inputs.knowledge_root != inputs.eval_root:
         name = cfg.adapter.corpus
         ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
+        check_corpus(inputs.knowledge_root, memo)
+
+
+def open_store(cfg: CellConfig, products: dict, keys: dict[str, str]) -> ArtifactStore:
+    """The cache, told the cell's graph (so manifests record parents) and its verification settings."""
+    s = cfg.store
+    on_busy = "exit" if cfg.run.stage != "all" else cfg.run.on_busy  # a stage job never idles on a build
+    store = ArtifactStore(cfg.paths.cache_dir, s.verify, s.full_check_max_gb, s.lock_stale_s, on_busy)
+    store.parents.update(stored_parents(products, keys))
+    if is_main():
+        store.remove_leftovers()
+    return store
 
 
 @contextmanager
@@ -79,27 +95,54 @@ def timed(timings: dict[str, float], stage: str):
 
 
 def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
-    """The cell's stages in order; returns (and writes, on the main process) its record."""
+    """The cell's stages in order; returns (and writes, on the main process) its record.
+
+    A cell that fails writes ``status: failed`` and the reason into its job folder's ``results.json``
+    (``waiting`` when a product it needs is being built by another job with ``run.on_busy=exit``) and
+    re-raises; the results store only ever receives finished cells.
+    """
     record = CellRecord.start(cfg)
+    job_results = out_dir / "results.json"
+    try:
+        return _run_cell(cfg, record, job_results)
+    except ProductBusy as e:
+        record.status, record.reason = "waiting", str(e)
+        record.write(job_results)
+        raise
+    except Exception as e:
+        record.status, record.reason = "failed", failure_reason(e)
+        record.write(job_results)
+        raise
+
+
+def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRecord:
     inputs = CellInputs.of(cfg)
-    results_path = record.cell.store_path(cfg.paths.results_dir)
     if cfg.model.readapt and not inputs.subset.applicable:
         record.status, record.reason = "not_applicable", inputs.subset.reason
-        record.write(out_dir / "results.json", results_path)
-        log.info("Cell %s not applicable: %s (%s)", record.cell.name, record.reason, results_path)
+        record.write(job_results)
+        log.info("Cell %s not applicable: %s", record.cell.name, record.reason)
         return record
     timings = record.timings
     with timed(timings, "prepare"):
+        record.status = "running"  # what a killed job leaves behind (the sweep summary counts it)
+        if is_main():
+            record.write(job_results)
         ensure_data(cfg, inputs)
         folders = resolve_models(cfg.model)  # before any process group: ranks > 0 must not save configs
         if distributed():
             dist_state()  # one process group for every later Accelerator (CPU launches use gloo)
         runtime = Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype)
-        keys = cell_keys(cfg, runtime, inputs)  # the whole chain, before anything loads
+        products = cell_products(cfg, runtime, inputs)  # the whole chain, before anything loads
+        keys = record.artifacts = resolve(products)
         data = stages.EvalData.load(inputs.eval_root, cfg.dataset.split)
-    store = ArtifactStore(cfg.paths.cache_dir)
+    store = open_store(cfg, products, keys)
     tracker = _tracker(cfg, record, runtime)
+    results_path = record.cell.store_path(cfg.paths.results_dir, keys["result"])
     try:
+        if cfg.run.stage != "all":
+            return _shared_stage(
+                cfg, store, keys, inputs, folders, runtime, data, tracker, record, job_results
+            )
         with timed(timings, "evaluate_base"):
             if store.missing(keys["base_run"]):
                 retriever = stages.base_retriever(cfg, folders, runtime)
@@ -111,15 +154,35 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
         record.set_metrics(base)
         if "ra_run" in keys:
             _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q)
-        record.artifacts = keys
         record.artifact_events = store.events
+        record.status = "done"
         if runtime.main:
-            record.write(out_dir / "results.json", results_path)
+            record.write(job_results, results_path)
             _track_results(tracker, record)
     finally:
         tracker.finish()
     if runtime.main:
         print(record.summary(results_path))
+    return record
+
+
+def _shared_stage(
+    cfg, store, keys, inputs, folders, runtime, data, tracker, record, job_results
+) -> CellRecord:
+    """``run.stage=adapters`` (token cache + knowledge adapter) or ``base`` (base index + run) only: the
+    products several cells share, built first as their own stage. The record stays in the job folder."""
+    with timed(record.timings, cfg.run.stage):
+        if cfg.run.stage == "adapters" and "adapter" in keys:
+            _, record.train = stages.train_adapter(cfg, store, keys, inputs, folders.pretrained, tracker)
+        elif cfg.run.stage == "base" and store.missing(keys["base_run"]):
+            retriever = stages.base_retriever(cfg, folders, runtime)
+            stages.retrieve(store, keys["base_index"], keys["base_run"], retriever, data, cfg.search.top_k)
+    record.artifact_events, record.status = store.events, "done"
+    if runtime.main:
+        record.write(job_results)
+        built = sum(not e["reused"] for e in store.events)
+        print(f"{record.cell.model} × {record.cell.dataset} stage={cfg.run.stage}: {built} built, "
+              f"{len(store.events) - built} reused")  # fmt: skip
     return record
 
 

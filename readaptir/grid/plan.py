@@ -9,6 +9,7 @@ Climate-FEVER, count once), and the totals. Neither loads a model or touches the
 
     python -m readaptir.grid.plan                                 # the paper's full 168-cell grid
     python -m readaptir.grid.plan --models repllama --datasets scifact,nfcorpus --adapters in-domain
+    python -m readaptir.grid.plan --list-adapters                 # one cell per unique adapter (overrides)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class CellPlan:
     missing: frozenset[str]  # node names whose product the store lacks
     train_passages: int
     done: bool
+    results_path: Path | None  # where the results store keeps this cell's variant
 
 
 def _corpus_size(name: str, cfg: CellConfig) -> int:
@@ -72,8 +74,9 @@ def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
         if cfg.train.max_passages:
             train_n = min(train_n, cfg.train.max_passages)
         train_n *= cfg.train.epochs
-    done = CellCoords.of(cfg).store_path(cfg.paths.results_dir).is_file()
-    return CellPlan(cfg, applicable, inputs.subset.reason, keys, stored, missing, train_n, done)
+    path = CellCoords.of(cfg).store_path(cfg.paths.results_dir, keys["result"]) if "result" in keys else None
+    done = path is not None and path.is_file()
+    return CellPlan(cfg, applicable, inputs.subset.reason, keys, stored, missing, train_n, done, path)
 
 
 def gpu_hours(cfg: CellConfig, train_passages: int, encode_passages: int) -> tuple[float, float]:
@@ -89,7 +92,7 @@ def describe_cell(cfg: CellConfig) -> str:
     if not p.applicable:
         return f"{head}: not applicable ({p.reason})"
     if p.done:
-        return f"{head}: done ({c.store_path(cfg.paths.results_dir)})"
+        return f"{head}: done ({p.results_path})"
     size = cfg.dataset.corpus_size
     steps = []
     if "adapter" in p.missing:
@@ -147,6 +150,20 @@ def summarize(cfgs: Iterable[CellConfig]) -> str:
     ])  # fmt: skip
 
 
+def unique_adapters(cfgs: Iterable[CellConfig]) -> list[str]:
+    """One line of Hydra overrides per unique knowledge adapter: the first cell that needs it (the list a
+    cluster builds first with ``run.stage=adapters``, one job per line)."""
+    seen: dict[str, str] = {}
+    for cfg in cfgs:
+        p = plan_cell(cfg)
+        if "adapter" in p.keys and p.keys["adapter"] not in seen:
+            c = CellCoords.of(cfg)
+            seen[p.keys["adapter"]] = (
+                f"model={c.model} dataset={c.dataset} adapter={c.adapter} ablation={c.ablation}"
+            )
+    return list(seen.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     paper_datasets = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
@@ -154,11 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", default=",".join(paper_datasets))
     ap.add_argument("--adapters", default=",".join(ADAPTERS))
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
+    ap.add_argument("--list-adapters", action="store_true", help="one line of overrides per unique adapter")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.batching=packed")
     a = ap.parse_args(argv)
     split = str.split
-    print(summarize(grid_configs(split(a.models, ","), split(a.datasets, ","), split(a.adapters, ","),
-                                 split(a.ablations, ","), a.overrides)))  # fmt: skip
+    cfgs = grid_configs(split(a.models, ","), split(a.datasets, ","), split(a.adapters, ","),
+                        split(a.ablations, ","), a.overrides)  # fmt: skip
+    print("\n".join(unique_adapters(cfgs)) if a.list_adapters else summarize(cfgs))
 
 
 if __name__ == "__main__":
