@@ -111,8 +111,16 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
         raise
     except Exception as e:
         record.status, record.reason = "failed", failure_reason(e)
-        record.write(job_results)
+        if not (distributed() and _already_failed(job_results)):  # the first failing rank has the cause
+            record.write(job_results)
         raise
+
+
+def _already_failed(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("status") == "failed"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRecord:

@@ -96,6 +96,8 @@ def save_checkpoint(
             },
             tmp / "state.pt",
         )
+        if final.exists():  # the unreadable copy a resumed run fell back from
+            shutil.rmtree(final)
         os.replace(tmp, final)  # a checkpoint is visible only once complete
         for old in sorted(work_dir.glob(f"{CKPT_PREFIX}*"), reverse=True)[KEEP:]:
             shutil.rmtree(old, ignore_errors=True)
