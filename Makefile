@@ -13,7 +13,7 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench clean-demo
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench hostile clean-demo
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ install: $(VENV)/.installed ## create .venv and install readaptir (+ dev tools);
 demo: install ## embedded default: both tiny retrievers on the toy set, full pipeline, CPU, minutes
 	$(PY) run.py -m experiment=demo
 	$(PY) -m readaptir.report table1 --results-dir $(RESULTS) --out outputs/demo \
-	    --models tiny-llama,tiny-mistral --datasets toy
+	    --models tiny-llama,tiny-mistral --datasets toy --experiment demo
 
 test: install ## the test suite (CPU; real-data tests use READAPTIR_DATA, default ../shared/beir)
 	$(PY) -m pytest -m "not gpu" -q
@@ -61,7 +61,11 @@ figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure
 	$(SWEEP) experiment=figure2
 	$(PY) -m readaptir.report figure2 --results-dir $(RESULTS) --out experiments/figure2
 
+hostile: install ## hostile-input campaign, 62 cases (≈ 20 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
+	$(PY) experiments/hostile.py
+
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
 	$(PY) experiments/bench_train.py
 	$(PY) experiments/bench_encode.py
 	$(PY) experiments/bench_readapt_memory.py
+	mkdir -p $(CACHE) && $(PY) experiments/bench_verify.py --dir $(CACHE)

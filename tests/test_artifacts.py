@@ -327,3 +327,32 @@ def test_busy_product_raises_with_on_busy_exit(tmp_path):
     held.release()
     store.build("thing", "thing-b", lambda tmp: (tmp / "v").write_text("x"))
     assert store.valid("thing-b")
+
+
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from readaptir.fs import atomic_write, storage_problem
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")  # what a full disk gives: no file name
+
+    monkeypatch.setattr(builtins, "open", lambda p, m="r", *a, **k: Full(real_open(p, m, *a, **k)) if "w" in m
+                        else real_open(p, m, *a, **k))  # fmt: skip
+    with pytest.raises(OSError) as e:
+        atomic_write(tmp_path / "results" / "r.json", "{}")
+    assert storage_problem(e.value) == f"no space left on device ({tmp_path / 'results' / 'r.json'})"
+    assert list((tmp_path / "results").iterdir()) == []
