@@ -61,7 +61,7 @@ figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure
 	$(SWEEP) experiment=figure2
 	$(PY) -m readaptir.report figure2 --results-dir $(RESULTS) --out experiments/figure2
 
-hostile: install ## hostile-input campaign, 62 cases (≈ 20 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
+hostile: install ## hostile-input campaign, 62 cases (≈ 15 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
 	$(PY) experiments/hostile.py
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)

@@ -9,7 +9,7 @@ full disks, read-only folders, colliding results. Each case runs ``run.py`` as a
 - ``reused poisoned``: a damaged product was served instead of rebuilt;
 - ``traceback`` / ``unclear error`` / ``hang``: a failure the user cannot act on.
 
-Tiny models on small BeIR-format sets cut from the toy data; CPU; about 20 minutes on 2 cores.
+Tiny models on small BeIR-format sets cut from the toy data; CPU; about 15 minutes on 2 cores.
 Cases that need root (a tmpfs for a full disk, read-only mounts) are skipped without it.
 
     python experiments/hostile.py              # all cases;  --only kill  runs one class

@@ -225,3 +225,18 @@ def test_a_failing_rank_does_not_leave_the_other_waiting(tmp_path):
     assert out.returncode != 0 and time.time() - t0 < 600
     rec = json.loads((tmp_path / "job" / "results.json").read_text())
     assert rec["status"] == "failed" and rec["reason"] == "RuntimeError: scoring failed on rank 0"
+
+
+def test_sweep_summary_counts_and_exit_codes(tmp_path):
+    from readaptir.grid.sweep import summarize
+
+    assert summarize(tmp_path) == ("", 0)
+    for name, status in (("a", "done"), ("b", "not_applicable"), ("c", "waiting")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"status": status, "reason": f"why {name}"}))
+    text, code = summarize(tmp_path)
+    assert code == 75 and "3 cells: 1 done, 1 not applicable, 1 waiting" in text and "c: why c" in text
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "results.json").write_text(json.dumps({"status": "running"}))  # a killed job
+    text, code = summarize(tmp_path)
+    assert code == 1 and "1 killed" in text and "the job was killed or crashed" in text

@@ -86,6 +86,8 @@ def summarize(sweep_dir: Path, since: float = 0.0) -> tuple[str, int]:
         if status == "running":
             status, reason = "killed", "still 'running': the job was killed or crashed; run it again"
         cells.append((status, str(path.parent.relative_to(sweep_dir)), reason))
+    if not cells:
+        return "", 0  # a plan-mode sweep writes no results.json
     counts = Counter(s for s, _, _ in cells)
     lines = [f"readaptir: sweep {sweep_dir}: {len(cells)} cells: "
              + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))]  # fmt: skip
@@ -109,6 +111,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         text, code = summarize(Path(config.hydra.sweep.dir), self.started)
-        print(text, file=sys.stderr, flush=True)
+        if text:
+            print(text, file=sys.stderr, flush=True)
         if code:
             sys.exit(code)
