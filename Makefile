@@ -18,7 +18,7 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu hostile
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -49,7 +49,7 @@ install: $(VENV)/.installed-$(FAISS) $(VENV)/.smollm2 ## create .venv and instal
 demo: install ## embedded default: both tiny retrievers on the toy set, full pipeline, CPU, minutes
 	$(PY) run.py -m experiment=demo
 	$(PY) -m readaptir.report table1 --results-dir $(RESULTS) --out outputs/demo \
-	    --models tiny-llama,tiny-mistral --datasets toy
+	    --models tiny-llama,tiny-mistral --datasets toy --experiment demo
 
 test: install ## the test suite (CPU; real-data tests run when READAPTIR_DATA points at BeIR copies)
 	$(PY) -m pytest -m "not gpu" -q
@@ -95,7 +95,11 @@ mini-cpu: install ## the same at CPU size (30-query/200-passage subsets, 2 cells
 	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini-cpu --models smollm2 \
 	    --datasets scifact-mini,nfcorpus-mini
 
+hostile: install ## hostile-input campaign, 62 cases (≈ 15 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
+	$(PY) experiments/hostile.py
+
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
 	$(PY) experiments/bench_train.py
 	$(PY) experiments/bench_encode.py
 	$(PY) experiments/bench_readapt_memory.py
+	mkdir -p $(CACHE) && $(PY) experiments/bench_verify.py --dir $(CACHE)

@@ -29,14 +29,11 @@ _PLAN_ARG = re.compile(r"^\+{0,2}run\.plan=(true|True|TRUE|yes|on|1)$")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def _app(cfg: DictConfig) -> None:
-    from readaptir.errors import UserError
-    from readaptir.grid.cell import run
+def _app(cfg: DictConfig) -> str:
+    # A failing cell is recorded and a sweep goes on; bad input is one line (readaptir/grid/sweep.py).
+    from readaptir.grid.sweep import run_job
 
-    try:
-        run(cfg)
-    except UserError as e:  # bad input: one clear line, no traceback
-        sys.exit(f"readaptir: error: {e}")
+    return run_job(cfg)
 
 
 def plan_requested(argv: list[str]) -> bool:

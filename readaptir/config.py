@@ -8,6 +8,8 @@ refused with one line naming the key, what it got and what is allowed:
     readaptir: error: config key train.batch_size=-1: must be ≥ 1
 """
 
+# size: the schema of the whole config in one place, one small class per node; split, it would scatter it.
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -248,6 +250,20 @@ class RunSettings(_Spec):
     seed: int = 0
     progress_every_s: float = Field(300, ge=0)  # progress lines in run.log during long stages (0: none)
     out_dir: str | None = None
+    # all: the whole cell; adapters: only its token cache and knowledge adapter; base: only the base
+    # retriever's index and run (shared products built first, as their own stage, on a cluster).
+    stage: Literal["all", "adapters", "base"] = "all"
+    # A product this cell needs is being built by another live job: wait for it, or exit at once with
+    # status "waiting" (cluster jobs: no GPU idles on another job's build).
+    on_busy: Literal["wait", "exit"] = "wait"
+
+
+class StoreSettings(_Spec):
+    """What reuse verifies (README "What is verified on reuse") and when a build lock counts as stale."""
+
+    verify: Literal["auto", "full", "sampled"] = "auto"
+    full_check_max_gb: float = Field(4.0, ge=0)
+    lock_stale_s: float = Field(600.0, gt=0)
 
 
 class CellConfig(_Spec):
@@ -265,6 +281,7 @@ class CellConfig(_Spec):
     tracking: TrackingSettings
     paths: Paths
     run: RunSettings
+    store: StoreSettings = StoreSettings()
     estimates: dict[str, Any] = {}
 
     @classmethod
@@ -281,6 +298,29 @@ class CellConfig(_Spec):
                 )
             cfg = OmegaConf.to_container(cfg, resolve=True)
         try:
-            return cls.model_validate(cfg)
+            spec = cls.model_validate(cfg)
         except ValidationError as e:
             raise ConfigError(config_line(e, cfg)) from None
+        check_paths(spec.paths, writing=not spec.run.plan)
+        return spec
+
+
+def check_paths(paths: Paths, writing: bool = True) -> None:
+    """Refuse folders that cannot work before anything loads: a data_dir that is a file, and (unless only
+    planning) a cache_dir or results_dir that cannot be created or written."""
+    import os
+    from pathlib import Path
+
+    data = Path(paths.data_dir).expanduser()
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"config key paths.data_dir={paths.data_dir!r}: not a folder; point it at the folder "
+                          "holding the BeIR datasets (or set READAPTIR_DATA)")  # fmt: skip
+    for key in ("cache_dir", "results_dir") if writing else ():
+        value = getattr(paths, key)
+        folder = Path(value).expanduser().absolute()
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"config key paths.{key}={value!r}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"config key paths.{key}={value!r}: {existing} is not writable; make it "
+                              f"writable or set paths.{key} to a folder you can write")  # fmt: skip

@@ -11,6 +11,14 @@ class UserError(ValueError):
     """Bad input: the message names what is wrong and how to fix it, on one line."""
 
 
+class StorageError(UserError):
+    """The disk is full or a folder is not writable: the message names the folder and the fix."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinite value about to be published (weights, embeddings, scores): nothing is stored."""
+
+
 _UNION_TAGS = ("function-", "literal[", "float", "int", "str", "bool", "none", "tuple[", "list[", "dict[")
 
 

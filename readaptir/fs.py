@@ -2,23 +2,118 @@
 
 Every result, table, run file and artifact folder of the project is written through these helpers, so a
 killed job leaves either the old file or the new one, never a truncated mix. Temporary names carry the
-host and process id, so concurrent jobs on a shared filesystem never write into each other's files.
+host and process id, so concurrent jobs on a shared filesystem never write into each other's files, and a
+later run on the same host can tell a dead process's leftovers (:func:`remove_dead_temps`) from a live
+job's work in progress.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from readaptir.errors import StorageError
+
+HOST = socket.gethostname()
+# ``.<name>.<tag>-<host>-<pid>``: the host may contain dashes, the pid is the last field.
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<host>.+)-(?P<pid>\d+)$")
+# errno values that mean "the disk or the permissions", not a bug: reported as one line naming the folder.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                  errno.EROFS: "read-only file system"}  # fmt: skip
+# A build that fails with less free space than this ran out of disk, whatever the library's message
+# says (torch.save reports a full disk as "unexpected pos").
+LOW_SPACE = 64 << 20
 
 
 def temp_sibling(path: str | os.PathLike, tag: str = "tmp") -> Path:
     """``.<name>.<tag>-<host>-<pid>`` beside ``path``: unique per process, hidden from globbing readers."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{tag}-{socket.gethostname()}-{os.getpid()}")
+    return path.with_name(f".{path.name}.{tag}-{HOST}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a zombie counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_temps(folder: str | os.PathLike) -> Iterator[Path]:
+    """Temporary siblings in ``folder`` left by processes of this host that no longer run."""
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return
+    for path in entries:
+        m = TEMP_RE.match(path.name)
+        if m and m["host"] == HOST and not pid_alive(int(m["pid"])):
+            yield path
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file or a folder tree; gone already is fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_dead_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove what killed processes of this host left in ``folder`` (partial artifacts, half-written files)."""
+    removed = list(dead_temps(folder))
+    for path in removed:
+        remove_path(path)
+    return removed
+
+
+def storage_problem(err: BaseException) -> str | None:
+    """``"<what> (<path>)"`` when ``err`` (or an error it came from) is a disk-full/permission error."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            where = e.filename or ""
+            return STORAGE_ERRNOS[e.errno] + (f" ({where})" if where else "")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextmanager
+def cleaned_on_error(tmp: Path, what: str) -> Iterator[None]:
+    """Remove the temporary folder ``tmp`` when the block fails; a full disk or a permission error
+    becomes one :class:`~readaptir.errors.StorageError` line naming the folder and the fix."""
+    try:
+        yield
+    except BaseException as e:
+        try:
+            free: int | None = shutil.disk_usage(tmp.parent).free
+        except OSError:
+            free = None
+        remove_path(tmp)
+        problem = storage_problem(e)
+        if problem is None and free is not None and free < LOW_SPACE and isinstance(e, Exception):
+            problem = f"no space left on device ({free >> 20} MiB free)"
+        if problem is None or isinstance(e, StorageError):
+            raise
+        raise StorageError(
+            f"{problem} while building {what} in {tmp.parent}; free space, fix the folder's permissions, "
+            "or set paths.cache_dir to another disk"
+        ) from e
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
@@ -36,6 +131,11 @@ def atomic_write_lines(path: str | os.PathLike, chunks: Iterable[str | bytes]) -
             for chunk in chunks:
                 f.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
+from contextlib import contextmanager
 
 from readaptir.runtime import is_main
 
@@ -113,3 +115,13 @@ class ProgressLog:
         for bar in bars:
             log.info("progress: %s", str(bar).strip())
         return len(bars)
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str):
+    """Record the seconds a ``with`` block takes as ``timings[stage]`` (a cell's stage timings)."""
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.time() - t0, 3)

@@ -152,7 +152,7 @@ def _record(root: Path, alpha, ra: float, selection: dict | None = None) -> None
     rec = CellRecord(
         cell=coords, base={"NDCG@10": 0.70}, readapted={"NDCG@10": ra}, alpha_selection=selection or {}
     )
-    rec.write(coords.store_path(root))
+    rec.write(coords.store_path(root, f"result-{coords.alpha_text}"))
 
 
 def test_alpha_table_and_selection_plot(tmp_path):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,6 +158,10 @@ def test_every_experiment_composes(hydra_ctx, experiment):
             "config key readapt.knowledge_scaling='x': use one of 'delta' or 'peft_scale'",
         ),
         ("adapter.dropout=1.5", "config key adapter.dropout=1.5: must be < 1"),
+        ("store.verify=some", "config key store.verify='some': use one of 'auto', 'full' or 'sampled'"),
+        ("run.stage=train", "config key run.stage='train': use one of 'all', 'adapters' or 'base'"),
+        ("run.on_busy=sleep", "config key run.on_busy='sleep': use one of 'wait' or 'exit'"),
+        ("store.full_check_max_gb=-1", "config key store.full_check_max_gb=-1: must be ≥ 0"),
     ],
 )
 def test_bad_values_are_one_line_errors(hydra_ctx, override, message):
@@ -191,3 +199,44 @@ def test_slurm_launcher_composes(hydra_ctx):
     cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_unusable_folders_are_one_line_errors(hydra_ctx, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (f"paths.data_dir={a_file}", "config key paths.data_dir="),
+        (
+            f"paths.cache_dir={a_file}/cache",
+            f"config key paths.cache_dir='{a_file}/cache': {a_file} is a file",
+        ),
+        (f"paths.results_dir={a_file}", "config key paths.results_dir="),
+    ]
+    for override, message in cases:
+        with pytest.raises(ConfigError) as e:
+            CellConfig.from_hydra(_compose([override]))
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), override
+    # Plan mode writes nothing, so an unwritable cache is fine there.
+    assert CellConfig.from_hydra(_compose([f"paths.cache_dir={a_file}/cache", "run.plan=true"]))
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("unshare") is None, reason="needs a read-only folder")
+def test_read_only_cache_is_refused_before_anything_runs(tmp_path):
+    """A read-only cache (a read-only mount for root, a 0555 folder for others) is one line, before loading."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (
+        "import sys; from hydra import compose, initialize_config_dir\n"
+        "from readaptir.config import CellConfig, ConfigError\n"
+        f"with initialize_config_dir(config_dir='{CONF}', version_base='1.3'):\n"
+        f"    cfg = compose(config_name='config', overrides=['paths.cache_dir={ro}/cache'])\n"
+        "try:\n    CellConfig.from_hydra(cfg)\nexcept ConfigError as e:\n    print('REFUSED', e)\n"
+    )
+    if os.geteuid() == 0:  # root writes through 0555: make the folder a read-only bind mount instead
+        cmd = ["unshare", "-m", "sh", "-c", f'mount --bind {ro} {ro} && mount -o remount,ro,bind {ro} && '
+               f'{sys.executable} -c "$0"', script]  # fmt: skip
+    else:
+        ro.chmod(0o555)
+        cmd = [sys.executable, "-c", script]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert f"REFUSED config key paths.cache_dir='{ro}/cache': {ro} is not writable" in out.stdout, out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from readaptir.data.beir import (
     load_queries,
     passage_training_text,
 )
+from readaptir.data.checks import check_corpus, check_dataset
 from readaptir.data.subsets import count_unknown_qrels, knowledge_subset, relevant_doc_ids, subset_filter
-from readaptir.store.identity import file_fingerprint
+from readaptir.store.identity import content_identity, file_fingerprint
 
 
 def test_toy_dataset_reads(toy_dir):
@@ -133,3 +135,113 @@ def test_fingerprint_tracks_content(tmp_path):
     k1 = file_fingerprint(f)
     f.write_text("a" * 9 + "b")
     assert file_fingerprint(f) != k1
+
+
+# ------------------------------------------------------------------------- data identity and data checks
+def test_identity_sees_an_edit_in_the_middle_of_a_same_size_file(tmp_path, monkeypatch):
+    from readaptir.store import identity
+
+    f = tmp_path / "data" / "corpus.jsonl"
+    f.parent.mkdir()
+    body = b"".join(b'{"_id": "%d", "text": "passage %06d"}\n' % (i, i) for i in range(200_000))  # 7 MB
+    f.write_bytes(body)
+    memo = tmp_path / "cache" / "identity"
+    first = content_identity(f, memo)
+    assert first.startswith("xxh3:") and file_fingerprint(f) == file_fingerprint(f)
+    edited = bytearray(body)
+    mid = len(body) // 2
+    edited[mid : mid + 6] = b"EDITED"  # same size; first and last MiB untouched
+    old = f.stat()
+    f.write_bytes(bytes(edited))
+    os.utime(f, ns=(old.st_atime_ns, old.st_mtime_ns))  # even the mtime is put back
+    fp_before = file_fingerprint(f)
+    assert content_identity(f, memo) != first
+    assert file_fingerprint(f) == fp_before  # what keys used before: blind to this edit
+    # Remembered by path, size, mtime, ctime and inode: a second process does not hash it again.
+    identity._REMEMBERED.clear()
+    monkeypatch.setattr(identity, "_hash_contents", lambda *a: pytest.fail("hashed again"))
+    assert content_identity(f, memo) == content_identity(f, memo)
+
+
+def test_identity_of_a_read_only_data_folder_is_remembered_in_the_cache(tmp_path):
+    f = tmp_path / "ro" / "queries.jsonl"
+    f.parent.mkdir()
+    f.write_text('{"_id": "q", "text": "x"}\n')
+    f.parent.chmod(0o555)
+    try:
+        ident = content_identity(f, tmp_path / "cache")
+    finally:
+        f.parent.chmod(0o755)
+    assert ident.startswith("xxh3:") and len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert content_identity(tmp_path / "absent" / "corpus.jsonl") == "unknown:absent/corpus.jsonl"
+
+
+def _dataset(root: Path, corpus: list[str], qrels: list[str], queries: list[str] | None = None) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": f"t {i}"}) + "\n"
+                                               for i in corpus))  # fmt: skip
+    qids = queries if queries is not None else sorted({r.split("\t")[0] for r in qrels})
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in qids))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    return root
+
+
+def test_non_utf8_bytes_name_file_and_line(tmp_path):
+    root = _dataset(tmp_path, ["a", "b"], ["q\ta\t1"])
+    (root / "corpus.jsonl").write_bytes(b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 26\)"):
+        list(iter_corpus(root))
+    (root / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\nq\ta\t1\nq\t\xff\t1\n")
+    with pytest.raises(DataError, match=r"test\.tsv:3: not valid UTF-8"):
+        load_qrels(root, "test")
+    (root / "queries.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"_id": "q", "text": "a BOM is fine"}\n')
+    assert load_queries(root) == {"q": "a BOM is fine"}
+
+
+def test_empty_corpus_is_refused_naming_the_file(tmp_path):
+    root = _dataset(tmp_path, [], ["q\ta\t1"])
+    with pytest.raises(DataError, match=r"corpus\.jsonl: no passages"):
+        check_dataset(root, "test")
+
+
+def test_duplicate_doc_ids_are_refused_with_counts_and_lines(tmp_path):
+    root = _dataset(tmp_path, ["a", "b", "a", "c", "b", "a"], ["q\ta\t1"])
+    with pytest.raises(DataError) as e:
+        check_dataset(root, "test")
+    msg = str(e.value)
+    assert "2 doc id(s) occur more than once (3 extra rows), e.g. 'a' on lines 1 and 3" in msg
+    with pytest.raises(DataError, match="occur more than once"):
+        check_corpus(root)  # a knowledge corpus too
+
+
+def test_qrels_pointing_outside_the_corpus(tmp_path, caplog):
+    few = [f"q{i}\td{i}\t1" for i in range(200)] + ["q0\tgone\t1", "q1\tgone2\t0"]
+    root = _dataset(tmp_path / "few", [f"d{i}" for i in range(200)], few)
+    with caplog.at_level("WARNING"):
+        warnings = check_dataset(root, "test")
+    assert (
+        len(warnings) == 1
+        and "2 of 202 judgements (1 of 201 relevant) point at doc ids not in" in warnings[0]
+    )
+    assert "data: " in caplog.text
+    many = [f"q{i}\td{i}\t1" for i in range(10)] + [f"q{i}\tother{i}\t1" for i in range(10)]
+    root = _dataset(tmp_path / "many", [f"d{i}" for i in range(10)], many)
+    with pytest.raises(DataError, match=r"10 of 20 judgements .* do not belong to this corpus"):
+        check_dataset(root, "test")
+
+
+def test_qrels_whose_queries_are_all_missing_are_refused(tmp_path):
+    root = _dataset(tmp_path, ["a"], ["q1\ta\t1", "q2\ta\t1"], queries=["other"])
+    with pytest.raises(DataError, match=r"none of its 2 judged queries is in .*queries\.jsonl"):
+        check_dataset(root, "test")
+    root = _dataset(tmp_path / "2", ["a"], ["q1\ta\t1", "q2\ta\t1"], queries=["q1"])
+    assert "1 of 2 judged queries are not in queries.jsonl" in check_dataset(root, "test")[0]
+
+
+def test_dataset_checks_are_remembered_per_content(tmp_path, monkeypatch, toy_dir):
+    from readaptir.data import checks
+
+    memo = tmp_path / "memo"
+    assert check_dataset(toy_dir, "test", memo) == []
+    monkeypatch.setattr(checks, "corpus_id_hashes", lambda root: pytest.fail("checked again"))
+    assert check_dataset(toy_dir, "test", memo) == []

@@ -288,8 +288,9 @@ def test_cell_under_two_process_launch(tmp_path):
     res = json.loads((tmp_path / "job" / "results.json").read_text())
     assert res["status"] == "done" and res["train"]["world_size"] == 2
     assert len(list((tmp_path / "cache" / "adapter").iterdir())) == 1
+    cell = tmp_path / "cache" / "results" / "tiny-llama" / "toy" / "in-domain-both-a0.5-b1-delta"
     assert list((tmp_path / "cache" / "results").rglob("*.json")) == [
-        tmp_path / "cache" / "results" / "tiny-llama" / "toy" / "in-domain-both-a0.5-b1-delta.json"
+        cell / f"{res['artifacts']['result']}.json"
     ]
 
 

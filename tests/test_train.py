@@ -16,7 +16,7 @@ from readaptir.data.subsets import relevant_doc_ids
 from readaptir.grid.keys import tokens_key
 from readaptir.store.artifacts import ArtifactStore
 from readaptir.train.batching import collate_packed, passage_ids, plan_batches
-from readaptir.train.checkpoint import latest_checkpoint
+from readaptir.train.checkpoint import checkpoints, latest_checkpoint
 from readaptir.train.knowledge import STATS_KEYS, train_knowledge_adapter
 from readaptir.train.monitor import TrainingDiverged
 from readaptir.train.tokens import TokenCache, ensure_token_cache
@@ -218,6 +218,30 @@ def test_resume_after_kill_gives_same_adapter(tmp_path, tiny_llama, toy_cache, b
     assert a.keys() == b.keys() and any("magnitude" in k for k in a)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.mark.slow
+def test_unreadable_last_checkpoint_falls_back_to_the_one_before(tmp_path, tiny_llama, toy_cache):
+    """A kill (or a disk error) that damages the newest checkpoint costs its steps, not the whole run."""
+    cfg = train_cfg(batch_size=2, checkpoint_every=2)
+    ref = train_knowledge_adapter(
+        tiny_llama.pretrained, toy_cache, ADAPTER, cfg, tmp_path / "ref", tmp_path / "work-ref"
+    )
+    hook, killed = _kill_at(7)
+    with pytest.raises(killed):
+        train_knowledge_adapter(
+            tiny_llama.pretrained, toy_cache, ADAPTER, cfg, tmp_path / "res", tmp_path / "work", on_step=hook
+        )
+    assert [c.name[-1] for c in checkpoints(tmp_path / "work")] == ["6", "4"]  # the newest two are kept
+    state = tmp_path / "work" / "ckpt-000000006" / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
+    res = train_knowledge_adapter(
+        tiny_llama.pretrained, toy_cache, ADAPTER, cfg, tmp_path / "res", tmp_path / "work"
+    )
+    assert res["resumed_from_step"] == 4 and res["passages"] == ref["passages"]
+    a = load_file(tmp_path / "ref" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "res" / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 

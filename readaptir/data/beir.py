@@ -9,7 +9,6 @@ file and line (:class:`DataError`).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -83,25 +82,34 @@ def ensure_dataset(
     return root
 
 
-def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file; a byte that is not UTF-8 is refused naming file and line."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
                 raise DataError(
-                    f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line"
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                    "re-encode the file as UTF-8"
                 ) from None
-            if not isinstance(row, dict) or any(k not in row for k in required):
-                missing = [k for k in required if not isinstance(row, dict) or k not in row]
-                raise DataError(
-                    f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}"
-                )
-            yield lineno, row
+            yield lineno, line.removeprefix("\ufeff") if lineno == 1 else line
+
+
+def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+        if not isinstance(row, dict) or any(k not in row for k in required):
+            missing = [k for k in required if not isinstance(row, dict) or k not in row]
+            raise DataError(f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}")
+        yield lineno, row
 
 
 def iter_corpus(
@@ -117,6 +125,12 @@ def iter_corpus(
         if exclude is not None and doc_id in exclude:
             continue
         yield Passage(doc_id, str(row.get("title") or ""), str(row["text"] or ""))
+
+
+def iter_doc_ids(root: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """``(line number, doc id)`` of every passage of ``corpus.jsonl`` (what the dataset checks need)."""
+    for lineno, row in _iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
+        yield lineno, str(row["_id"])
 
 
 def load_queries(root: str | os.PathLike, query_ids: set[str] | None = None) -> dict[str, str]:
@@ -136,19 +150,19 @@ def load_qrels(root: str | os.PathLike, split: str) -> dict[str, dict[str, int]]
         have = sorted(p.stem for p in (Path(root) / "qrels").glob("*.tsv"))
         raise DataError(f"{path}: qrels split {split!r} not found (available: {have}); set dataset.split")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if lineno == 1 and not row[-1].lstrip("-").isdigit():
-                continue  # header
-            if not row:
-                continue
-            if len(row) < 3:
-                raise DataError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score, got {row!r}")
-            try:
-                score = int(float(row[-1]))
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: score {row[-1]!r} is not a number") from None
-            qrels.setdefault(row[0], {})[row[1]] = score
+    for lineno, line in text_lines(path):
+        row = line.rstrip("\r\n").split("\t")
+        if lineno == 1 and not row[-1].lstrip("-").isdigit():
+            continue  # header
+        if not line.strip():
+            continue
+        if len(row) < 3:
+            raise DataError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score, got {row!r}")
+        try:
+            score = int(float(row[-1]))
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: score {row[-1]!r} is not a number") from None
+        qrels.setdefault(row[0], {})[row[1]] = score
     return qrels
 
 

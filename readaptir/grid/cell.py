@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from readaptir.config import CellConfig
 from readaptir.data.beir import ensure_dataset
-from readaptir.evaluate import evaluate_run, paired_test
+from readaptir.data.checks import check_corpus, check_dataset
 from readaptir.grid import stages
-from readaptir.grid.alpha import crossfit
-from readaptir.grid.keys import CellInputs, at_alpha, cell_keys
-from readaptir.grid.record import CellRecord
-from readaptir.grid.select import select_alpha
-from readaptir.logs import ProgressLog, quiet_libraries
+from readaptir.grid.keys import CellInputs, cell_products, identity_dir, resolve, stored_parents
+from readaptir.grid.readapted import readapt_and_evaluate
+from readaptir.grid.record import CellRecord, failure_reason
+from readaptir.logs import ProgressLog, quiet_libraries, timed
 from readaptir.models.hub import resolve_models
-from readaptir.retrieval.runs import RUN_FILE, read_run
-from readaptir.runtime import Runtime, dist_state, distributed
+from readaptir.runtime import Runtime, dist_state, distributed, is_main
 from readaptir.store.artifacts import ArtifactStore
+from readaptir.store.locks import ProductBusy
 from readaptir.tracking import Tracker, start_tracker
 
 log = logging.getLogger(__name__)
@@ -63,8 +60,9 @@ def job_dir(cfg: CellConfig) -> Path:
 
 
 def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
-    """Download what is missing (the evaluated dataset, the knowledge corpus) before keys read it."""
-    d = cfg.dataset
+    """Download what is missing (the evaluated dataset, the knowledge corpus) before keys read it, then
+    check it (unique doc ids, qrels pointing into the corpus): bad data is refused before anything loads."""
+    d, memo = cfg.dataset, identity_dir(cfg)
     if d.subset is not None:  # a NanoBEIR-style subset: its source first, then the cut (once, cached)
         from readaptir.data.nano import subset_key, write_subset
 
@@ -75,35 +73,68 @@ def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
         )
     else:
         ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
+    check_dataset(CellInputs.of(cfg).eval_root, d.split, memo)
     if cfg.model.readapt and inputs.knowledge_root != inputs.eval_root:
         name = cfg.adapter.corpus
         ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
+        check_corpus(inputs.knowledge_root, memo)
     if cfg.model.kind == "dense" and cfg.model.train_retriever is not None:  # the retriever's training data
         name = cfg.model.train_retriever.dataset
         ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
 
 
-@contextmanager
-def timed(timings: dict[str, float], stage: str):
-    t0 = time.time()
-    try:
-        yield
-    finally:
-        timings[stage] = round(time.time() - t0, 3)
+def open_store(cfg: CellConfig, products: dict, keys: dict[str, str]) -> ArtifactStore:
+    """The cache, told the cell's graph (so manifests record parents) and its verification settings."""
+    s = cfg.store
+    on_busy = "exit" if cfg.run.stage != "all" else cfg.run.on_busy  # a stage job never idles on a build
+    store = ArtifactStore(cfg.paths.cache_dir, s.verify, s.full_check_max_gb, s.lock_stale_s, on_busy)
+    store.parents.update(stored_parents(products, keys))
+    if is_main():
+        store.remove_leftovers()
+    return store
 
 
 def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
-    """The cell's stages in order; returns (and writes, on the main process) its record."""
+    """The cell's stages in order; returns (and writes, on the main process) its record.
+
+    A cell that fails writes ``status: failed`` and the reason into its job folder's ``results.json``
+    (``waiting`` when a product it needs is being built by another job with ``run.on_busy=exit``) and
+    re-raises; the results store only ever receives finished cells.
+    """
     record = CellRecord.start(cfg)
+    job_results = out_dir / "results.json"
+    try:
+        return _run_cell(cfg, record, job_results)
+    except ProductBusy as e:
+        record.status, record.reason = "waiting", str(e)
+        record.write(job_results)
+        raise
+    except Exception as e:
+        record.status, record.reason = "failed", failure_reason(e)
+        if not (distributed() and _already_failed(job_results)):  # the first failing rank has the cause
+            record.write(job_results)
+        raise
+
+
+def _already_failed(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("status") == "failed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRecord:
     inputs = CellInputs.of(cfg)
-    results_path = record.cell.store_path(cfg.paths.results_dir)
     if cfg.model.readapt and not inputs.subset.applicable:
         record.status, record.reason = "not_applicable", inputs.subset.reason
-        record.write(out_dir / "results.json", results_path)
-        log.info("Cell %s not applicable: %s (%s)", record.cell.name, record.reason, results_path)
+        record.write(job_results)
+        log.info("Cell %s not applicable: %s", record.cell.name, record.reason)
         return record
     timings = record.timings
     with timed(timings, "prepare"):
+        record.status = "running"  # what a killed job leaves behind (the sweep summary counts it)
+        if is_main():
+            record.write(job_results)
         ensure_data(cfg, inputs)
         inputs = CellInputs.of(cfg)  # again: a download or a subset cut may have changed what it points at
         # before any process group: ranks > 0 must not save configs
@@ -111,16 +142,22 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
         if distributed():
             dist_state()  # one process group for every later Accelerator (CPU launches use gloo)
         runtime = Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype)
-        keys = cell_keys(cfg, runtime, inputs)  # the whole chain, before anything loads
+        products = cell_products(cfg, runtime, inputs)  # the whole chain, before anything loads
+        keys = record.artifacts = resolve(products)
         data = stages.EvalData.load(inputs.eval_root, cfg.dataset.split)
-    store = ArtifactStore(cfg.paths.cache_dir)
+    store = open_store(cfg, products, keys)
     tracker = _tracker(cfg, record, runtime)
+    results_path = record.cell.store_path(cfg.paths.results_dir, keys["result"])
     try:
         if "retriever" in keys:
             with timed(timings, "train_retriever"):
                 folders, record.retriever = stages.train_retriever(
                     cfg, store, keys["retriever"], folders, runtime
                 )
+        if cfg.run.stage != "all":
+            return _shared_stage(
+                cfg, store, keys, inputs, folders, runtime, data, tracker, record, job_results
+            )
         if "untrained_run" in keys:
             with timed(timings, "evaluate_untrained"):
                 record.untrained = _evaluate(cfg, store, keys, "untrained", folders, runtime, data)
@@ -134,11 +171,11 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
             base, base_q = stages.score(store, keys["base_run"], cfg, data) if runtime.main else ({}, {})
         record.set_metrics(base)
         if "adapter" in keys:  # RE-Adapt applies to this cell
-            _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q)
-        record.artifacts = {**keys, **record.artifacts}  # auto cells add the products at each chosen α
+            readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q)
         record.artifact_events = store.events
+        record.status = "done"
         if runtime.main:
-            record.write(out_dir / "results.json", results_path)
+            record.write(job_results, results_path)
             _track_results(tracker, record)
     finally:
         tracker.finish()
@@ -160,43 +197,24 @@ def _evaluate(cfg, store, keys, which: str, folders, runtime, data) -> dict[str,
     return stages.score(store, keys[f"{which}_run"], cfg, data)[0] if runtime.main else {}
 
 
-def _readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, tracker, record, base_q) -> None:
-    """Knowledge adapter → (α selection →) readapted retriever → its retrieval → scores and the paired test."""
-    timings = record.timings
-    with timed(timings, "train_adapter"):
-        adapter, record.train = stages.train_adapter(cfg, store, keys, inputs, folders.pretrained, tracker)
-    with timed(timings, "readapt_and_evaluate"):
-        if cfg.readapt.auto:
-            sel = select_alpha(cfg, store, keys, folders, adapter, runtime, data)
-            runs = {}
-            for alpha in sorted(set(sel.chosen)):  # one full encoding per distinct chosen α
-                ra_keys = cell_keys(at_alpha(cfg, alpha), runtime, inputs)
-                runs[alpha] = _ra_run(at_alpha(cfg, alpha), store, ra_keys, folders, adapter, runtime, data)
-                record.artifacts.update(
-                    {f"{k}@{alpha:g}": ra_keys[k] for k in ("readapted", "ra_index", "ra_run")}
-                )
-            run = crossfit(runs, sel.fold_plan(), sel.chosen) if runtime.main else {}
-            record.alpha_selection = sel.record()
-            reports = [store.path(record.artifacts[f"readapted@{a:g}"]) / "report.json" for a in sorted(runs)]
-        else:
-            run = _ra_run(cfg, store, keys, folders, adapter, runtime, data)
-            reports = [store.path(keys["readapted"]) / "report.json"]
-        if not runtime.main:
-            return
-        ra, ra_q = evaluate_run(data.qrels, run, cfg.evaluate.k_values, cfg.dataset.extra_metrics)
-    record.set_metrics(record.base, ra)
-    record.significance = {"metric": "NDCG@10", **paired_test(base_q, ra_q)}
-    record.delta_report = json.loads(reports[0].read_text()) if reports[0].is_file() else {}
-
-
-def _ra_run(cfg, store, keys, folders, adapter, runtime, data) -> dict:
-    """The readapted retriever's run at ``cfg``'s α, built only when the store lacks it (main: read back)."""
-    if store.missing(keys["ra_run"]):
-        model = stages.readapt(cfg, store, keys["readapted"], folders, adapter, runtime)
-        retriever = stages.dense_retriever(cfg, model, folders, runtime)
-        stages.retrieve(store, keys["ra_index"], keys["ra_run"], retriever, data, cfg.search.top_k)
-        del retriever, model
-    return read_run(store.path(keys["ra_run"]) / RUN_FILE) if runtime.main else {}
+def _shared_stage(
+    cfg, store, keys, inputs, folders, runtime, data, tracker, record, job_results
+) -> CellRecord:
+    """``run.stage=adapters`` (token cache + knowledge adapter) or ``base`` (base index + run) only: the
+    products several cells share, built first as their own stage. The record stays in the job folder."""
+    with timed(record.timings, cfg.run.stage):
+        if cfg.run.stage == "adapters" and "adapter" in keys:
+            _, record.train = stages.train_adapter(cfg, store, keys, inputs, folders.pretrained, tracker)
+        elif cfg.run.stage == "base" and store.missing(keys["base_run"]):
+            retriever = stages.base_retriever(cfg, folders, runtime)
+            stages.retrieve(store, keys["base_index"], keys["base_run"], retriever, data, cfg.search.top_k)
+    record.artifact_events, record.status = store.events, "done"
+    if runtime.main:
+        record.write(job_results)
+        built = sum(not e["reused"] for e in store.events)
+        print(f"{record.cell.model} × {record.cell.dataset} stage={cfg.run.stage}: {built} built, "
+              f"{len(store.events) - built} reused")  # fmt: skip
+    return record
 
 
 def _tracker(cfg: CellConfig, record: CellRecord, runtime: Runtime) -> Tracker:

@@ -38,7 +38,7 @@ from readaptir.runtime import Runtime, dtype_name
 from readaptir.store.artifacts import ArtifactStore, make_key
 from readaptir.store.identity import (
     UNKNOWN,
-    file_fingerprint,
+    content_identity,
     ids_digest,
     model_identity,
     tokenizer_identity,
@@ -102,21 +102,26 @@ class CellInputs:
         return relevant_doc_ids(load_qrels(self.eval_root, sub.filter_split))
 
 
-def tokens_fields(tokenizer: str | Path, corpus_root: Path) -> dict[str, Any]:
+def identity_dir(cfg: CellConfig) -> Path:
+    """Where data-file identities are remembered (the data folder itself may be read-only)."""
+    return Path(cfg.paths.cache_dir).expanduser() / "identity"
+
+
+def tokens_fields(tokenizer: str | Path, corpus_root: Path, memo: Path | None = None) -> dict[str, Any]:
     """What determines a token cache: the tokenizer files, the corpus contents and the storage format."""
-    return {"tokenizer": tokenizer_identity(tokenizer), "corpus": file_fingerprint(corpus_root / "corpus.jsonl"),
-            "format": FORMAT_VERSION,
+    return {"tokenizer": tokenizer_identity(tokenizer),
+            "corpus": content_identity(corpus_root / "corpus.jsonl", memo), "format": FORMAT_VERSION,
             "text": "title+' '+text,stripped"}  # fmt: skip
 
 
-def tokens_key(tokenizer: str | Path, corpus_root: Path) -> str:
+def tokens_key(tokenizer: str | Path, corpus_root: Path, memo: Path | None = None) -> str:
     """Key of a corpus's token cache (benchmarks and tests that tokenize outside a cell use it too)."""
-    return make_key("tokens", tokens_fields(tokenizer, Path(corpus_root)))
+    return make_key("tokens", tokens_fields(tokenizer, Path(corpus_root), memo))
 
 
 def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -> dict[str, Product]:
     """``base_weights → base_index → base_run`` (and the readapted twins' shared fields)."""
-    m, d, root = cfg.model, cfg.dataset, inputs.eval_root
+    m, d, root, memo = cfg.model, cfg.dataset, inputs.eval_root, identity_dir(cfg)
     if m.kind == "lexical":
         weights = {"kind": m.kind, "name": m.name, "k1": m.k1, "b": m.b, "method": m.method,
                    "stemmer": m.stemmer, "stopwords": m.stopwords}  # fmt: skip
@@ -128,7 +133,7 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
     trained = m.kind == "dense" and m.train_retriever is not None
     if trained:
         weights["retriever"] = "trained"  # the retriever product, a parent of these weights
-    index = {"dataset": d.beir_name, "corpus": file_fingerprint(root / "corpus.jsonl")}
+    index = {"dataset": d.beir_name, "corpus": content_identity(root / "corpus.jsonl", memo)}
     if m.kind != "lexical":
         dtype = dtype_name(runtime.encode_dtype) if m.kind == "dense" else "float32"
         index.update(passage_template=m.passage_template, passage_max_len=m.passage_max_len,
@@ -138,8 +143,8 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
     # search.backend and chunk_size are left out on purpose: both backends are exact, so they produce
     # the same run and a cell rerun with the other backend reuses it.
     run = {"top_k": cfg.search.top_k, "split": d.split, "dataset": d.beir_name,
-           "queries": file_fingerprint(root / "queries.jsonl"),
-           "qrels": file_fingerprint(root / "qrels" / f"{d.split}.tsv")}  # fmt: skip
+           "queries": content_identity(root / "queries.jsonl", memo),
+           "qrels": content_identity(root / "qrels" / f"{d.split}.tsv", memo)}  # fmt: skip
     if m.kind != "lexical":
         run.update(query_template=m.query_template, task=d.task, query_max_len=m.query_max_len)
     products = {
@@ -162,11 +167,12 @@ def _retriever_product(cfg: CellConfig, runtime: Runtime) -> Product:
     negatives), the recipe and the prompts it is trained with."""
     m, t = cfg.model, cfg.model.train_retriever
     assert t is not None
-    root = dataset_dir(t.dataset, cfg.paths.data_dir)
-    qrels = {p.stem: file_fingerprint(p) for p in sorted((root / "qrels").glob("*.tsv"))}
+    root, memo = dataset_dir(t.dataset, cfg.paths.data_dir), identity_dir(cfg)
+    qrels = {p.stem: content_identity(p, memo) for p in sorted((root / "qrels").glob("*.tsv"))}
     fields = {"pretrained": model_identity(m.pretrained), "dataset": t.dataset,
-              "corpus": file_fingerprint(root / "corpus.jsonl"), "queries": file_fingerprint(root / "queries.jsonl"),
-              "qrels": qrels or file_fingerprint(root / "qrels" / f"{t.split}.tsv"), "recipe": t.determining(),
+              "corpus": content_identity(root / "corpus.jsonl", memo),
+              "queries": content_identity(root / "queries.jsonl", memo),
+              "qrels": qrels or content_identity(root / "qrels" / f"{t.split}.tsv", memo), "recipe": t.determining(),
               "query_template": m.query_template, "passage_template": m.passage_template,
               "precision": runtime.train_precision}  # fmt: skip
     return Product("retriever", fields)
@@ -175,7 +181,7 @@ def _retriever_product(cfg: CellConfig, runtime: Runtime) -> Product:
 def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, base: Mapping[str, Product]):
     """``tokens → adapter``, ``readapted → ra_index → ra_run``: only for dense cells RE-Adapt applies to."""
     m, sub = cfg.model, inputs.subset
-    tokens = tokens_fields(m.pretrained or UNKNOWN, inputs.knowledge_root)
+    tokens = tokens_fields(m.pretrained or UNKNOWN, inputs.knowledge_root, identity_dir(cfg))
     subset: dict[str, Any] = {"subset": sub.subset}
     if sub.subset != "both":  # the subset is the set of judged-relevant doc ids: hash it, not a name
         relevant = inputs.relevant()  # qrels not downloaded yet (plan mode): distinct per dataset and split
@@ -217,12 +223,13 @@ BM25 = ModelSpec(name="bm25", kind="lexical", readapt=False, stemmer="english", 
 def _selection_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -> dict[str, Product]:
     """``selection`` (α chosen on withheld queries over a pool), with the BM25 index the pool draws from."""
     bm25 = _retrieval_products(cfg.model_copy(update={"model": BM25}), runtime, inputs)
-    qrels = {p.stem: file_fingerprint(p) for p in sorted((inputs.eval_root / "qrels").glob("*.tsv"))}
+    memo = identity_dir(cfg)
+    qrels = {p.stem: content_identity(p, memo) for p in sorted((inputs.eval_root / "qrels").glob("*.tsv"))}
     r = cfg.readapt
     fields = {**r.alpha_selection.model_dump(), "candidates": list(r.alpha_selection.candidates()),
               "beta": r.beta, "knowledge_scaling": r.knowledge_scaling, "split": cfg.dataset.split,
               "zero_shot": cfg.model.name not in cfg.dataset.seen_by, "qrels": qrels,
-              "queries": file_fingerprint(inputs.eval_root / "queries.jsonl")}  # fmt: skip
+              "queries": content_identity(inputs.eval_root / "queries.jsonl", memo)}  # fmt: skip
     return {
         "bm25_weights": bm25["base_weights"],
         "bm25_index": Product("index", bm25["base_index"].fields, ("bm25_weights",)),
@@ -252,3 +259,16 @@ def cell_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None =
 def cell_keys(cfg: CellConfig, runtime: Runtime, inputs: CellInputs | None = None) -> dict[str, str]:
     """Node name → artifact key for every product of the cell (see the module docstring)."""
     return resolve(cell_products(cfg, runtime, inputs))
+
+
+def stored_parents(products: Mapping[str, Product], keys: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Key → keys of the stored products it is made from, looking through key-only nodes (the store
+    records their build ids, so rebuilding one invalidates what was made from it)."""
+
+    def nearest(name: str) -> list[str]:
+        out: list[str] = []
+        for q in products[name].parents:
+            out += [keys[q]] if products[q].stored else nearest(q)
+        return out
+
+    return {keys[n]: tuple(dict.fromkeys(nearest(n))) for n in products}

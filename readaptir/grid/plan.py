@@ -15,6 +15,7 @@ throughputs in ``estimates:`` (passages/s measured at ``tokens_per_passage`` tok
 
     python -m readaptir.grid.plan                       # Tables 1–3, then the full 168-cell product
     python -m readaptir.grid.plan --models repllama --datasets scifact,nfcorpus --adapters in-domain
+    python -m readaptir.grid.plan --list-adapters                 # one cell per unique adapter (overrides)
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class CellPlan:
     train: Work  # the knowledge adapter's training (× epochs)
     encode: Work  # one corpus encoding of the evaluated dataset
     done: bool
+    results_path: Path | None  # where the results store keeps this cell's variant
     alpha: tuple[str, Work] | None = None  # alpha=auto: (selection protocol, pool + chosen-α encodings)
 
     @property
@@ -86,10 +88,21 @@ def plan_cell(cfg: CellConfig, store: ArtifactStore | None = None) -> CellPlan:
     stored = frozenset(n for n, p in products.items() if p.stored)
     missing = frozenset(n for n in stored if not store.is_done(keys[n]))
     train = train_work(cfg, inputs) if "adapter" in keys else Work()
-    done = CellCoords.of(cfg).store_path(cfg.paths.results_dir).is_file()
+    path = CellCoords.of(cfg).store_path(cfg.paths.results_dir, keys["result"]) if "result" in keys else None
+    done = path is not None and path.is_file()
     auto = alpha_work(cfg, inputs) if "selection" in keys else None
     return CellPlan(
-        cfg, applicable, inputs.subset.reason, keys, stored, missing, train, encode_work(cfg), done, auto
+        cfg,
+        applicable,
+        inputs.subset.reason,
+        keys,
+        stored,
+        missing,
+        train,
+        encode_work(cfg),
+        done,
+        path,
+        auto,
     )
 
 
@@ -121,7 +134,7 @@ def describe_cell(cfg: CellConfig, earlier: Sequence[CellPlan] = ()) -> str:
     if not p.applicable:
         return f"{head}: not applicable ({p.reason})"
     if p.done:
-        return f"{head}: done ({CellCoords.of(cfg).store_path(cfg.paths.results_dir)})"
+        return f"{head}: done ({p.results_path})"
     c, steps = CellCoords.of(cfg), []
     t = cfg.model.train_retriever
     if "retriever" in p.missing and t is not None:
@@ -246,18 +259,35 @@ def paper_report(product: Sequence[Sequence[str]], overrides: Sequence[str] = ()
     ])  # fmt: skip
 
 
+def unique_adapters(cfgs: Iterable[CellConfig]) -> list[str]:
+    """One line of Hydra overrides per unique knowledge adapter: the first cell that needs it (the list a
+    cluster builds first with ``run.stage=adapters``, one job per line)."""
+    seen: dict[str, str] = {}
+    for cfg in cfgs:
+        p = plan_cell(cfg)
+        if "adapter" in p.keys and p.keys["adapter"] not in seen:
+            c = CellCoords.of(cfg)
+            seen[p.keys["adapter"]] = (
+                f"model={c.model} dataset={c.dataset} adapter={c.adapter} ablation={c.ablation}"
+            )
+    return list(seen.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for group, default in (("models", PAPER_MODELS), ("datasets", ["the 14 in conf/dataset/"]),
                            ("adapters", ADAPTERS), ("ablations", ABLATIONS)):  # fmt: skip
         ap.add_argument(f"--{group}", help=f"comma-separated (default: {','.join(default)})")
+    ap.add_argument("--list-adapters", action="store_true", help="one line of overrides per unique adapter")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.batching=packed")
     a = ap.parse_args(argv)
     groups = [a.models, a.datasets, a.adapters, a.ablations]
     datasets = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
     full = [PAPER_MODELS, datasets, ADAPTERS, ABLATIONS]
     product = [g.split(",") if g else d for g, d in zip(groups, full, strict=True)]
-    if any(groups):  # an explicit grid
+    if a.list_adapters:  # the shared products a cluster builds first (run.stage=adapters), one job a line
+        print("\n".join(unique_adapters(grid_configs(itertools.product(*product), a.overrides))))
+    elif any(groups):  # an explicit grid
         print(summarize(grid_configs(itertools.product(*product), a.overrides)))
     else:
         print(paper_report(product, a.overrides))

@@ -1,11 +1,14 @@
 """A cell's ``results.json``: one schema, written by the cell and read back by the tables.
 
-Every cell writes one :class:`CellRecord` into its Hydra job folder and into the results store
-``<paths.results_dir>/<model>/<dataset>/<adapter>-<ablation>-a<α>-b<β>-<scaling>.json``, which
-:mod:`readaptir.report` renders. Metrics are BeIR's names as fractions (``NDCG@10`` = 0.745); ``delta`` is
-readapted − base; ``significance`` is the paired test on per-query nDCG@10; ``artifacts`` holds the keys of
-every product the cell used, and ``git_commit``/``versions`` the code, so a number can always be traced to
-what made it.
+Every cell writes one :class:`CellRecord` into its Hydra job folder and, when done, into the results store
+``<paths.results_dir>/<model>/<dataset>/<adapter>-<ablation>-a<α>-b<β>-<scaling>/<result key>.json``,
+which :mod:`readaptir.report` renders. The result key (grid/keys.py) hashes everything that determines the
+numbers (every setting, the data's contents, the model weights' identity, precision), so a run with another
+``train.lr`` or ``search.top_k`` adds a variant beside the others instead of replacing one; ``variant`` hashes
+the settings alone, so the tables can pick the variant an experiment's own config produces. Metrics are
+BeIR's names as fractions (``NDCG@10`` = 0.745); ``delta`` is readapted − base; ``significance`` is the
+paired test on per-query nDCG@10; ``artifacts`` holds the keys of every product the cell used, so a number
+can always be traced to the files that made it. ``git_commit``/``versions`` record the code.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,13 +25,55 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from readaptir.config import CellConfig
 from readaptir.data.beir import DataError
-from readaptir.fs import atomic_write
+from readaptir.errors import UserError
+from readaptir.fs import atomic_write, storage_problem
 from readaptir.provenance import provenance
+from readaptir.store.artifacts import make_key
 
 log = logging.getLogger(__name__)
 
 DEMO_NOTICE = "DEMO: these numbers come from tiny random models on a toy dataset and mean nothing."
-Status = Literal["done", "not_applicable", "failed", "waiting"]
+Status = Literal["running", "done", "not_applicable", "failed", "waiting"]
+# Settings that do not change a cell's numbers: where files go, logging, how often checkpoints are saved,
+# which exact-search backend runs, how encoding batches are cut (the same vectors either way).
+NOT_DETERMINING = {
+    "tracking", "paths", "run", "store", "estimates", "train.checkpoint_every", "train.log_every",
+    "train.gradient_checkpointing", "readapt.save_model", "dataset.corpus_size", "dataset.seen_by",
+    "dataset.url", "search.backend", "search.faiss_max_gb", "search.chunk_size", "encode.token_budget",
+    "encode.max_batch_size",
+}  # fmt: skip
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if name in NOT_DETERMINING:
+            continue
+        out.update(_flat(v, f"{name}.") if isinstance(v, Mapping) else {name: v})
+    return out
+
+
+def variant_settings(cfg: CellConfig) -> dict[str, Any]:
+    """The settings that determine a cell's numbers, flat (``train.lr``: 0.0002 ...). A tiny stand-in model
+    is named by its family, not by the cache folder it is built in."""
+    settings = _flat(cfg.model_dump(mode="json"))
+    if cfg.model.tiny:
+        for name in ("model.pretrained", "model.retriever"):
+            settings.pop(name, None)
+    return settings
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for a failed cell's ``reason``: the message of a bad input, the folder of a full disk or a
+    permission error, else the exception's type and message (its traceback goes to the job log)."""
+    if isinstance(err, UserError):
+        return str(err)
+    problem = storage_problem(err)
+    if problem is not None:
+        return f"{problem}; free space, fix the permissions, or set paths.cache_dir / paths.results_dir elsewhere"
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:500]}" if text else type(err).__name__
 
 
 class CellCoords(BaseModel):
@@ -62,8 +109,10 @@ class CellCoords(BaseModel):
     def name(self) -> str:
         return f"{self.adapter}-{self.ablation}-a{self.alpha_text}-b{self.beta:g}-{self.knowledge_scaling}"
 
-    def store_path(self, results_dir: str | os.PathLike) -> Path:
-        return Path(results_dir).expanduser().resolve() / self.model / self.dataset / f"{self.name}.json"
+    def store_path(self, results_dir: str | os.PathLike, result_key: str) -> Path:
+        """Where the results store keeps this cell's variant with ``result_key`` (one file per variant)."""
+        root = Path(results_dir).expanduser().resolve()
+        return root / self.model / self.dataset / self.name / f"{result_key}.json"
 
 
 def _trained_on(cfg: CellConfig) -> bool:
@@ -81,6 +130,10 @@ class CellRecord(BaseModel):
     cell: CellCoords
     status: Status = "done"
     reason: str = ""
+    stage: str = "all"  # run.stage: a record of a partial stage never enters the results store
+    variant: str = ""  # hash of the determining settings (variant_settings)
+    settings: dict[str, Any] = {}
+    finished: float | None = None  # when the record was written (the newest variant wins a tie)
     demo: bool = False
     zero_shot: bool = True
     corpus_size: int | None = None
@@ -105,8 +158,12 @@ class CellRecord(BaseModel):
 
     @classmethod
     def start(cls, cfg: CellConfig) -> CellRecord:
+        settings = variant_settings(cfg)
         return cls(
             cell=CellCoords.of(cfg),
+            stage=cfg.run.stage,
+            variant=make_key("variant", settings),
+            settings=settings,
             demo=cfg.model.tiny is not None,
             zero_shot=cfg.model.name not in cfg.dataset.seen_by and not _trained_on(cfg),
             corpus_size=cfg.dataset.corpus_size,
@@ -123,6 +180,7 @@ class CellRecord(BaseModel):
 
     def write(self, *paths: str | os.PathLike) -> None:
         """The same JSON into every path (job folder, results store), each written atomically."""
+        self.finished = time.time()
         text = self.model_dump_json(indent=2) + "\n"
         for path in paths:
             atomic_write(path, text)

@@ -27,6 +27,7 @@ from readaptir.retrieval.base import Retriever
 from readaptir.retrieval.runs import RUN_FILE, read_run, write_run
 from readaptir.runtime import Runtime, is_main
 from readaptir.store.artifacts import ArtifactStore
+from readaptir.store.finite import check_finite_safetensors, check_finite_tensors
 from readaptir.tracking import Tracker, start_tracker
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def train_adapter(
                 exclude=relevant if sub.subset == "without" else None, tracker=tracker,
             )
         )  # fmt: skip
+        check_finite_safetensors(out / "adapter_model.safetensors")  # never publish a NaN adapter
         if is_main():  # our card instead of PEFT's blank one (whose base_model is a local path)
             card = adapter_card(
                 hub_id(cfg.model.pretrained), cfg.adapter, cfg.train, cfg.adapter.corpus, sub.subset, stats
@@ -167,6 +169,7 @@ def readapt(
         folders.pretrained, folders.retriever, adapter, r.alpha, r.beta, r.knowledge_scaling,
         runtime.encode_dtype, runtime.device,
     )  # fmt: skip
+    check_finite_tensors(model.state_dict(), f"readapted weights ({key})")
 
     def write(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(report))
@@ -249,7 +252,10 @@ def retrieve(
 
     def search(tmp: Path) -> None:
         queries = retriever.encode_queries(data.queries)
-        write_run(tmp / RUN_FILE, retriever.search(retriever.open_index(made["index"]), queries, top_k))
+        run = retriever.search(retriever.open_index(made["index"]), queries, top_k)
+        if data.queries and not any(run.values()):
+            raise RuntimeError(f"search returned no document for any of {len(run)} queries; nothing stored")
+        write_run(tmp / RUN_FILE, run)
 
     return store.build_collective("run", run_key, index, finish=search) / RUN_FILE
 

@@ -5,6 +5,10 @@
         --models tiny-llama,tiny-mistral --datasets toy
     python -m readaptir.report {table1,table2,table3,figure2,alpha} ... [--alpha 0.5 --beta 1.0 --scaling delta]
     python -m readaptir.report mini --results-dir cache/results --out experiments/mini --models smollm2
+    python -m readaptir.report table1 ... --override train.batching=packed   # the sweep's own overrides
+
+Each cell shows the stored variant that the experiment's config (``--experiment``, default: the table's
+own, plus ``--override``s) produces; ``--any-variant`` shows the newest instead.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from readaptir.report.results import (
 )
 from readaptir.report.table import Table
 from readaptir.report.tables import TABLE_BUILDERS, table1
+from readaptir.report.variants import expected_variants
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--conf-dir", default=str(CONF_DATASET_DIR), help="dataset configs (corpus_size, seen_by)"
     )
+    parser.add_argument("--experiment", default=None, help="whose settings pick each cell's variant "
+                        "(default: the table's own experiment; 'none': the plain config)")  # fmt: skip
+    parser.add_argument("--override", action="append", default=[], help="a Hydra override the sweep ran with")
+    parser.add_argument("--any-variant", action="store_true", help="show each cell's newest variant")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -127,7 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         parser.error(str(err))
     sel = Selection(args.alpha, args.beta, args.scaling, args.metric)
-    md = render(args.table, args.results_dir, args.out, args.models, args.datasets, sel, meta, args.baselines)
+    experiment = args.experiment or args.table
+    expect = (
+        None
+        if args.any_variant
+        else expected_variants(None if experiment == "none" else experiment, args.override)
+    )
+    results = load_results(args.results_dir, expect)
+    md = render(args.table, results, args.out, args.models, args.datasets, sel, meta, args.baselines)
     sys.stdout.write(md)
     log.info("wrote %s outputs to %s", args.table, args.out)
     return 0

@@ -1,9 +1,12 @@
 """The per-cell results store, read back: one ``results.json`` per grid cell, indexed for the tables.
 
-Cells are written by :mod:`readaptir.grid.cell` to ``<results_dir>/<model>/<dataset>/<cell>.json`` and
-indexed here by (model, dataset, adapter, ablation, α, β, knowledge_scaling). Dataset metadata (corpus
-size, which models saw it in training) comes from ``conf/dataset/**/*.yaml``, the same files the grid
-composes, so the zero-shot averages can never disagree with the configs.
+Cells are written by :mod:`readaptir.grid.cell` to ``<results_dir>/<model>/<dataset>/<cell>/<result key>.json``
+and indexed here by (model, dataset, adapter, ablation, α, β, knowledge_scaling). The store keeps every
+variant of a cell (another ``train.lr``, ``search.top_k``, corpus ...); :class:`Results` picks the one whose
+``variant`` (a hash of the settings) is what ``expect`` says the experiment's own config produces, the
+newest when several match, and says so in a warning whenever a cell has more than one. Dataset metadata
+(corpus size, which models saw it in training) comes from ``conf/dataset/**/*.yaml``, the same files the
+grid composes, so the zero-shot averages can never disagree with the configs.
 
     from readaptir.report.results import load_results, Selection
     r = load_results("cache/results").get("repllama", "scifact", "in-domain", "both", Selection())
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,40 +97,74 @@ def _key(model: str, dataset: str, adapter: str, ablation: str, alpha: float, be
     return (model, dataset, adapter, ablation, a, round(float(beta), 6), scaling)
 
 
-class Results:
-    """Finished cells indexed by (model, dataset, adapter, ablation, α, β, knowledge_scaling); baselines
-    (base model only: BM25, MiniLM) by (model, dataset), since no adapter or α applies to them."""
+# coordinates → the variant the experiment's config produces there (None: no preference)
+Expect = Callable[[tuple[str, str, str, str, float, float, str]], str | None]
 
-    def __init__(self, cells: Iterable[CellResult] = ()) -> None:
-        self._cells: dict[tuple, CellResult] = {}
-        self._baselines: dict[tuple[str, str], CellResult] = {}
+
+def _differences(a: CellResult, b: CellResult) -> str:
+    keys = sorted(k for k in set(a.record.settings) | set(b.record.settings)
+                  if a.record.settings.get(k) != b.record.settings.get(k))  # fmt: skip
+    return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "") if keys else "data or model contents"
+
+
+class Results:
+    """Finished cells indexed by (model, dataset, adapter, ablation, α, β, knowledge_scaling), every variant
+    kept, and baselines (base model only) by (model, dataset); ``expect`` names the variant each cell should
+    show (the experiment's config), see :meth:`get`."""
+
+    def __init__(self, cells: Iterable[CellResult] = (), expect: Expect | None = None) -> None:
+        self._cells: dict[tuple, list[CellResult]] = {}
+        self._baselines: dict[tuple[str, str], list[CellResult]] = {}  # base model only: BM25, MiniLM
+        self.expect = expect
+        self._said: set[tuple] = set()
         for cell in cells:
-            index, key = (
-                (self._cells, cell.key)
-                if cell.record.readapt
-                else (self._baselines, (cell.model, cell.dataset))
-            )
-            old = index.get(key)
-            if old is not None:
-                log.warning(
-                    "duplicate result for %s in %s and %s; using the latter", key, old.path, cell.path
-                )
-            index[key] = cell
+            if cell.record.readapt:
+                self._cells.setdefault(cell.key, []).append(cell)
+            else:  # no adapter or α applies to a baseline: indexed by (model, dataset)
+                self._baselines.setdefault((cell.model, cell.dataset), []).append(cell)
 
     def __len__(self) -> int:
         return len(self._cells) + len(self._baselines)
 
     def __iter__(self):
-        return iter([*self._cells.values(), *self._baselines.values()])
+        return (
+            self._pick(k, v)
+            for k, v in [*self._cells.items(), *((v[0].key, v) for v in self._baselines.values())]
+        )
 
     def baseline(self, model: str, dataset: str) -> CellResult | None:
         """A base-model-only result (``readapt: false``) of ``model`` on ``dataset``."""
-        return self._baselines.get((model, dataset))
+        variants = self._baselines.get((model, dataset), [])
+        return self._pick(variants[0].key, variants) if variants else None
 
     def get(self, model: str, dataset: str, adapter: str, ablation: str, sel: Selection) -> CellResult | None:
-        return self._cells.get(
-            _key(model, dataset, adapter, ablation, sel.alpha, sel.beta, sel.knowledge_scaling)
-        )
+        """The cell's variant from the experiment's settings (the newest when several); None when the store
+        has only other variants (a warning says which settings differ)."""
+        key = _key(model, dataset, adapter, ablation, sel.alpha, sel.beta, sel.knowledge_scaling)
+        return self._pick(key, self._cells.get(key, []))
+
+    def _pick(self, key: tuple, variants: list[CellResult]) -> CellResult | None:
+        if not variants:
+            return None
+        want = self.expect(key) if self.expect is not None else None
+        # a record from before variants were recorded ("") has unknown settings: accepted, never preferred
+        matching = [c for c in variants if c.record.variant in (want, "")] if want else variants
+        if want and any(c.record.variant == want for c in matching):
+            matching = [c for c in matching if c.record.variant == want]
+        best = max(matching, key=lambda c: c.record.finished or 0.0) if matching else None
+        if key not in self._said and (len(variants) > 1 or best is None):
+            self._said.add(key)
+            where = "/".join(str(k) for k in key[:4])
+            if best is None:
+                log.warning("%s: %d result(s) in the store, none from this experiment's settings; shown as "
+                            "missing (--any-variant shows the newest)", where, len(variants))  # fmt: skip
+            else:
+                other = next(c for c in variants if c is not best)
+                why = "the newest" if not want else "this experiment's settings" + (
+                    f", newest of {len(matching)}" if len(matching) > 1 else "")  # fmt: skip
+                log.warning("%s: %d results in the store (they differ in %s); using %s (%s)",
+                            where, len(variants), _differences(best, other), best.path, why)  # fmt: skip
+        return best
 
     def selections(self) -> set[tuple[float, float, str]]:
         return {(k[4], k[5], k[6]) for k in self._cells}
@@ -153,12 +190,13 @@ def parse_record(record: Mapping[str, Any] | CellRecord, path: str = "<memory>")
     return CellResult(rec, path)
 
 
-def load_results(results_dir: str | os.PathLike) -> Results:
-    """Every finished cell under ``results_dir`` (recursively, ``*.json``); unreadable files are warned about."""
+def load_results(results_dir: str | os.PathLike, expect: Expect | None = None) -> Results:
+    """Every finished cell under ``results_dir`` (recursively, ``*.json``); unreadable files are warned about.
+    ``expect`` picks each cell's variant (:mod:`readaptir.report.variants`); None shows the newest."""
     root = Path(results_dir)
     if not root.is_dir():
         log.warning("results directory %s does not exist; every cell will show —", root)
-        return Results()
+        return Results(expect=expect)
     cells = []
     for path in sorted(root.rglob("*.json")):
         try:
@@ -173,7 +211,7 @@ def load_results(results_dir: str | os.PathLike) -> Results:
         if cell is not None:
             cells.append(cell)
     log.info("loaded %d finished cells from %s", len(cells), root)
-    return Results(cells)
+    return Results(cells, expect)
 
 
 # ------------------------------------------------------------------------------------ dataset metadata

@@ -29,6 +29,7 @@ from readaptir.data.beir import Passage, iter_corpus
 from readaptir.fs import atomic_write
 from readaptir.retrieval.base import IndexBuild
 from readaptir.retrieval.prompts import EncodeError, format_passage
+from readaptir.store.finite import check_finite_rows
 
 EMB_FILE, IDS_FILE, META_FILE = "embeddings.f16", "ids.txt", "meta.json"
 # Passages turned into inputs, sorted and encoded together: 100k × ≤512 ids ≈ 200 MB of Python ints at
@@ -72,7 +73,9 @@ def check_ids(ids: Sequence[str]) -> None:
 
 
 def write_ids_meta(out_dir: Path, ids: Sequence[str], dim: int) -> None:
-    """``ids.txt`` (one id per line, row order) and ``meta.json`` beside ``embeddings.f16``."""
+    """``ids.txt`` (one id per line, row order) and ``meta.json`` beside ``embeddings.f16``, once every row
+    is known to be finite (a NaN embedding is never published)."""
+    check_finite_rows(_memmap(out_dir, len(ids), dim, "r"), ids, out_dir / EMB_FILE)
     atomic_write(out_dir / IDS_FILE, "\n".join(ids))
     atomic_write(out_dir / META_FILE, json.dumps({"n": len(ids), "dim": dim, "dtype": "float16"}, indent=1))
 

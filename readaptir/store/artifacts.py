@@ -2,10 +2,15 @@
 
 A key hashes exactly the config that determines a product plus its parents' keys (the idea of the
 ``datasets`` fingerprint), so a second run of a sweep finds every finished product and recomputes
-nothing, and a changed recipe can never be served a stale adapter. Products are built in a temporary
-folder beside their final place, renamed into place, then marked done (``.done`` holds the key's
-inputs for humans). A file lock makes a second job that wants the same product wait for the first
-instead of building it twice. Hydra sweep folders are not a cache; this store is.
+nothing, and a changed recipe can never be served a stale adapter. Hydra sweep folders are not a cache;
+this store is.
+
+A product is built in a temporary folder beside its final place (named with host and pid, so a later run
+on the same host removes a killed job's leftovers); its ``.done`` record goes in last and the folder is
+renamed into place. ``.done`` holds the manifest (:mod:`readaptir.store.manifest`: each file's size and
+block digests, a build id) and the build ids of the parents it was made from. A product whose files
+changed, or whose parent was rebuilt since, is rebuilt with one warning line, and so is everything made
+from it. Build locks (:mod:`readaptir.store.locks`, NFS-safe) make a second job wait, or give up at once.
 
     store = ArtifactStore("cache")
     key = make_key("adapter", {"corpus": "scifact", "r": 32}, parents=[tokens_key])
@@ -14,21 +19,23 @@ instead of building it twice. Hydra sweep folders are not a cache; this store is
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from readaptir.fs import temp_sibling
+from readaptir.fs import HOST, atomic_write, cleaned_on_error, remove_dead_temps, remove_path, temp_sibling
 from readaptir.runtime import dist_state, distributed, is_main
+from readaptir.store.locks import BuildLock, OnBusy, ProductBusy
+from readaptir.store.manifest import LINEAGE, Mode, lineage_problem, make_manifest, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +74,19 @@ def make_key(kind: str, config: Mapping[str, Any], parents: Sequence[str] = ()) 
 
 @dataclass
 class ArtifactStore:
-    """A folder of finished products, ``<root>/<kind>/<key>/``, each with a ``.done`` mark."""
+    """A folder of finished products, ``<root>/<kind>/<key>/``, each with a ``.done`` manifest."""
 
     root: Path
+    verify: Mode = "auto"  # what reuse checks: see readaptir.store.manifest
+    full_check_max_gb: float = 4.0  # auto: full content check up to this size per artifact, sampled above
+    lock_stale_s: float = 600.0  # a build lock nobody refreshed for this long belongs to a dead node
+    on_busy: OnBusy = "wait"  # a product being built by another live job: wait for it, or ProductBusy
     events: list[dict] = field(default_factory=list)  # what this process built or reused, in order
+    # key -> keys of the stored products it is made from (a cell's graph, grid/keys.py); their build ids
+    # go into its manifest, so that rebuilding a parent invalidates everything made from the old one.
+    parents: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _checked: dict[tuple[str, str], str | None] = field(default_factory=dict, repr=False)
+    _warned: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser().resolve()
@@ -83,16 +99,50 @@ class ArtifactStore:
         return self.root / "work" / key
 
     def is_done(self, key: str) -> bool:
+        """Published (whether still intact is :meth:`valid`'s question)."""
         return (self.path(key) / DONE).is_file()
 
+    def record(self, key: str) -> dict[str, Any] | None:
+        """The product's ``.done`` record (manifest, parents, meta), or None."""
+        try:
+            done = json.loads((self.path(key) / DONE).read_text())
+        except (OSError, ValueError):
+            return None
+        return done if isinstance(done, dict) else None
+
+    def problem(self, key: str) -> str | None:
+        """Why the published product at ``key`` cannot be reused, or None when it can."""
+        done = self.record(key)
+        if done is None:
+            return "its .done record is unreadable"
+        manifest = done.get("manifest") or {}
+        seen = (key, str(manifest.get("build")))
+        if seen not in self._checked:  # the content check reads the files: once per process and build
+            limit = int(self.full_check_max_gb * 2**30)
+            self._checked[seen] = verify_manifest(self.path(key), manifest, self.verify, limit)
+        return self._checked[seen] or lineage_problem(done, self.record)
+
+    def valid(self, key: str) -> bool:
+        """Published, intact and made from the current versions of its parents (else warned about once)."""
+        if not self.is_done(key):
+            return False
+        why = self.problem(key)
+        if why is not None and key not in self._warned:  # the cause warns; what was made from it follows
+            self._warned.add(key)
+            level = logging.INFO if why.startswith(LINEAGE) else logging.WARNING
+            log.log(
+                level, "cache: %s cannot be reused (%s); rebuilding it and everything made from it", key, why
+            )
+        return why is None
+
     def missing(self, key: str) -> bool:
-        """Not finished yet, as the main process sees it: every rank of a launch takes the same branch."""
+        """Not reusable, as the main process sees it: every rank of a launch takes the same branch."""
         if not distributed():
-            return not self.is_done(key)
+            return not self.valid(key)
         import torch.distributed as dist
 
         dist_state()
-        decision = [not self.is_done(key) if is_main() else None]
+        decision = [not self.valid(key) if is_main() else None]
         dist.broadcast_object_list(decision, src=0)
         return bool(decision[0])
 
@@ -101,23 +151,43 @@ class ArtifactStore:
         if is_main():
             shutil.rmtree(self.work_dir(key), ignore_errors=True)
 
-    @contextmanager
-    def lock(self, key: str):
-        """Exclusive inter-process lock on one key (blocks while another job holds it)."""
-        lock_path = self.root / "locks" / f"{key}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("Waiting for another job building %s", key)
-                t0 = time.time()
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                log.info("Lock on %s acquired after %.0fs", key, time.time() - t0)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def remove_leftovers(self) -> list[Path]:
+        """Remove what killed processes of this host left behind (temporary product folders, files)."""
+        removed: list[Path] = []
+        if self.root.is_dir():
+            for folder in [self.root, *(p for p in self.root.iterdir() if p.is_dir())]:
+                removed += remove_dead_temps(folder)
+        for path in removed:
+            log.info("Removed %s, left by a killed job", path)
+        return removed
+
+    def lock(self, key: str) -> BuildLock:
+        """Exclusive lock on one key across jobs and hosts, used as ``with store.lock(key):`` (waits, or
+        raises ProductBusy with on_busy="exit")."""
+        return BuildLock(self.root / "locks" / f"{key}.lock", self.lock_stale_s, self.on_busy)
+
+    def _start(self, key: str) -> Path:
+        """Under the key's lock: remove an unusable product, temporary folders of any earlier attempt
+        (nobody else can be building it) and half-written checkpoints; return a fresh temporary folder."""
+        final = self.path(key)
+        if final.exists():
+            aside = temp_sibling(final, "bad")
+            os.replace(final, aside)
+            remove_path(aside)
+        if final.parent.is_dir():
+            for leftover in final.parent.glob(f".{key}.*"):
+                remove_path(leftover)
+        for leftover in self.work_dir(key).glob(".tmp-*"):
+            remove_path(leftover)
+        tmp = temp_sibling(final)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def _reuse(self, kind: str, key: str) -> bool:
+        ok = self.valid(key)
+        if ok:
+            self._record(kind, key, reused=True)
+        return ok
 
     def build(
         self, kind: str, key: str, fn: Callable[[Path], Any], meta: Mapping[str, Any] | None = None
@@ -128,24 +198,16 @@ class ArtifactStore:
         returns, so a crash leaves no half-written product (the temp folder is removed on error).
         """
         final = self.path(key)
-        if self.is_done(key):
-            self._record(kind, key, reused=True)
+        if self._reuse(kind, key):
             return final
+        final.parent.mkdir(parents=True, exist_ok=True)
         with self.lock(key):
-            if self.is_done(key):  # built by another job while we waited
-                self._record(kind, key, reused=True)
+            if self._reuse(kind, key):  # built by another job while we waited
                 return final
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_sibling(final)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            t0 = time.time()
-            try:
+            tmp, t0 = self._start(key), time.time()
+            with cleaned_on_error(tmp, f"{kind} {key}"):
                 fn(tmp)
                 self._publish(kind, key, tmp, meta, t0)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             return final
 
     def build_collective(
@@ -159,11 +221,9 @@ class ArtifactStore:
     ) -> Path:
         """:meth:`build` for a product that every rank of an ``accelerate launch`` must help make.
 
-        DDP training and sharded encoding need all ranks inside ``fn`` at once, so the ranks cannot take
-        turns on the lock. Rank 0 holds the key's lock for the whole build (another job wanting the same
-        product waits, then reuses it), decides whether to build and broadcasts that decision (ranks never
-        disagree about a product finishing meanwhile); ``prepare`` runs on rank 0 first, then ``fn`` on
-        every rank in a shared temporary folder, then ``finish`` on rank 0, which publishes the folder.
+        DDP training and sharded encoding need all ranks inside ``fn`` at once. Rank 0 holds the lock for
+        the whole build, decides (reuse, busy, build) and broadcasts that with the shared temporary folder;
+        ``prepare`` runs on rank 0, then ``fn`` on every rank, then ``finish`` on rank 0, which publishes.
         In a single process this is :meth:`build` of prepare → fn → finish.
         """
 
@@ -177,39 +237,62 @@ class ArtifactStore:
         import torch.distributed as dist
 
         state = dist_state()
-        final = self.path(key)
-        main = state.is_main_process
-        with self.lock(key) if main else nullcontext():
-            decision = [self.is_done(key) if main else None]
-            dist.broadcast_object_list(decision, src=0)
-            if decision[0]:
-                self._record(kind, key, reused=True)
-                return final
-            tmp = final.parent / f".tmp-{key}-collective"  # one name all ranks agree on
-            t0 = time.time()
-            if main:
-                shutil.rmtree(tmp, ignore_errors=True)  # a killed job's leftover; we hold the lock
-                tmp.mkdir(parents=True)
-                if prepare is not None:
+        final, main = self.path(key), state.is_main_process
+        lock = self.lock(key) if main else None
+        decision: list[Any] = [None, None]  # ("reuse" | "busy" | "build", holder or shared temp folder)
+        if lock is not None:
+            if self._reuse(kind, key):
+                decision = ["reuse", None]
+            elif not lock.acquire():
+                decision = ["busy", lock.holder]
+            elif self._reuse(kind, key):
+                lock.release()
+                decision = ["reuse", None]
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                decision = ["build", str(self._start(key))]  # one folder all ranks write into
+        dist.broadcast_object_list(decision, src=0)
+        if decision[0] == "reuse":
+            return final
+        if decision[0] == "busy":
+            raise ProductBusy(key, decision[1])
+        tmp, t0 = Path(decision[1]), time.time()
+        try:
+            with cleaned_on_error(tmp, f"{kind} {key}") if main else nullcontext():
+                if main and prepare is not None:
                     prepare(tmp)
+                state.wait_for_everyone()
+                fn(tmp)
+                state.wait_for_everyone()
+                if main:
+                    if finish is not None:
+                        finish(tmp)
+                    self._publish(kind, key, tmp, meta, t0)
             state.wait_for_everyone()
-            fn(tmp)
-            state.wait_for_everyone()
-            if main:
-                if finish is not None:
-                    finish(tmp)
-                self._publish(kind, key, tmp, meta, t0)
-            state.wait_for_everyone()
+        finally:
+            if lock is not None:
+                lock.release()
         return final
 
     def _publish(self, kind: str, key: str, tmp: Path, meta: Mapping[str, Any] | None, t0: float) -> None:
+        """Write the manifest (files, parents' build ids) into ``tmp``, then rename it into place."""
         final = self.path(key)
-        with open(tmp / DONE, "w") as f:
-            json.dump({"key": key, "kind": kind, "meta": canonical(meta or {}),
-                       "seconds": round(time.time() - t0, 3), "finished": time.time()}, f, indent=1)  # fmt: skip
-        if final.exists():  # an unfinished leftover without .done
-            shutil.rmtree(final)
+        manifest = {**make_manifest(tmp), "build": uuid.uuid4().hex}
+        parents = {}
+        for parent in self.parents.get(key, ()):
+            pm = (self.record(parent) or {}).get("manifest") or {}
+            if self.is_done(parent) and pm:
+                parents[parent] = {"build": pm.get("build"), "content": pm.get("content")}
+        done = {"key": key, "kind": kind, "meta": canonical(meta or {}), "seconds": round(time.time() - t0, 3),
+                "finished": time.time(), "host": HOST, "pid": os.getpid(), "parents": parents,
+                "manifest": manifest}  # fmt: skip
+        atomic_write(tmp / DONE, json.dumps(done))
+        old = temp_sibling(final, "old")
+        if final.exists():  # an unusable earlier product (the lock is ours)
+            os.replace(final, old)
         os.replace(tmp, final)
+        remove_path(old)
+        self._checked[(key, manifest["build"])] = None  # what we just hashed is what is there
         self._record(kind, key, reused=False, seconds=time.time() - t0)
 
     def _record(self, kind: str, key: str, reused: bool, seconds: float = 0.0) -> None:

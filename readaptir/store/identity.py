@@ -2,18 +2,28 @@
 
 A hub model is its id; a local model folder is its configs and weight-file fingerprints; a GGUF shipped in a
 package (``gguf:<package>/<file>``) is that file's fingerprint; a tokenizer is its tokenizer files; a data
-file is its contents. Moving the cache or a data folder therefore invalidates
-nothing, while a changed weight file, tokenizer or corpus gets new artifacts. An input that is not on disk
-(plan mode before a download) has the identity ``"unknown"``.
+file (corpus, queries, qrels) is its full contents (:func:`content_identity`, xxh3-128, computed once and
+remembered by path, size, mtime, ctime and inode in the cache, since the data folder may be read-only).
+Moving the cache or a data folder therefore invalidates nothing, while a changed weight file, tokenizer or
+corpus, even one byte in the middle, gets new artifacts. An input that is not on disk (plan mode before a
+download) has the identity ``"unknown"``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
+
+import xxhash
+from tqdm.auto import tqdm
+
+from readaptir.fs import atomic_write
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -80,6 +90,60 @@ def file_fingerprint(path: str | os.PathLike) -> str:
             f.seek(-(1 << 20), os.SEEK_END)
         h.update(f.read(1 << 20))
     return h.hexdigest()[:16]
+
+
+HASH_CHUNK = 16 << 20
+_REMEMBERED: dict[tuple, str] = {}  # this process's identities, by (path, size, mtime, ctime, inode)
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _hash_contents(path: Path, size: int) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"hash {path.name}",
+                                                 disable=size < (256 << 20), leave=False) as bar:  # fmt: skip
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def content_identity(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
+    """``xxh3:<128-bit hex>`` of a data file's whole contents; ``unknown:...`` when it is absent.
+
+    Hashing MS-MARCO's 3 GB corpus takes seconds at disk speed, so the result is remembered in
+    ``memo_dir`` (the cache) under the file's path, size, mtime_ns, ctime_ns and inode: any edit, even one
+    that keeps size and mtime, changes the ctime and so is hashed again.
+    """
+    path = Path(path)
+    if not path.is_file():  # plan mode before a download: distinct per dataset, never equal to real data
+        return f"{UNKNOWN}:{path.parent.name}/{path.name}"
+    stamp = _stamp(path)
+    if stamp in _REMEMBERED:
+        return _REMEMBERED[stamp]
+    memo = None
+    if memo_dir is not None:
+        memo = Path(memo_dir) / f"{xxhash.xxh3_64_hexdigest(stamp[0].encode())}.json"
+        try:
+            saved = json.loads(memo.read_text())
+            if tuple(saved["stamp"]) == stamp:
+                _REMEMBERED[stamp] = saved["identity"]
+                return saved["identity"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    identity = f"xxh3:{_hash_contents(path, stamp[1])}"
+    if _stamp(path) != stamp:  # written to while we read it: do not remember a torn hash
+        return identity
+    _REMEMBERED[stamp] = identity
+    if memo is not None:
+        try:
+            atomic_write(memo, json.dumps({"stamp": list(stamp), "identity": identity}))
+        except OSError as e:  # a read-only cache (plan mode on a login node): hash again next time
+            log.debug("cannot remember the identity of %s in %s: %s", path, memo, e)
+    return identity
 
 
 def model_identity(ref: str | os.PathLike | None) -> str | None:

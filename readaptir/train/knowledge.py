@@ -40,7 +40,7 @@ from readaptir.runtime import Runtime
 from readaptir.tracking import Tracker
 from readaptir.train.batching import make_batch, passage_ids, plan_data
 from readaptir.train.causal_lm import setup_training, special_ids
-from readaptir.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from readaptir.train.checkpoint import resume_checkpoint, save_checkpoint
 from readaptir.train.monitor import COUNTERS, Monitor
 from readaptir.train.objective import Targets, target_loss_sum
 from readaptir.train.tokens import TokenCache
@@ -113,13 +113,15 @@ def _progress(
                 disable=not show, dynamic_ncols=True, mininterval=1.0)  # fmt: skip
 
 
-def _resume(accelerator, ckpt: Path | None, peft_model, optimizer, scheduler, plan) -> tuple[int, dict]:
-    """``(start step, counters)``: from the last checkpoint of this plan, or from scratch."""
-    if ckpt is None:
-        return 0, dict.fromkeys(COUNTERS, 0)
-    state = load_checkpoint(accelerator, ckpt, peft_model, optimizer, scheduler, plan.fingerprint)
+def _resume(
+    accelerator, work_dir: Path, peft_model, optimizer, scheduler, plan
+) -> tuple[Path | None, int, dict]:
+    """``(checkpoint, start step, counters)``: from the last readable checkpoint of this plan, or from scratch."""
+    ckpt, state = resume_checkpoint(accelerator, work_dir, peft_model, optimizer, scheduler, plan.fingerprint)
+    if ckpt is None or state is None:
+        return None, 0, dict.fromkeys(COUNTERS, 0)
     log.info(f"Resuming from {ckpt} (step {state['step']}/{plan.total_steps})")
-    return int(state["step"]), dict(state["counters"])
+    return ckpt, int(state["step"]), dict(state["counters"])
 
 
 def train_knowledge_adapter(
@@ -159,8 +161,7 @@ def train_knowledge_adapter(
         pretrained, recipe, train, model, accelerator, plan.total_steps, attention
     )
 
-    last_good = latest_checkpoint(work_dir)
-    start_step, counters = _resume(accelerator, last_good, peft_model, optimizer, scheduler, plan)
+    last_good, start_step, counters = _resume(accelerator, work_dir, peft_model, optimizer, scheduler, plan)
     n_params = sum(p.numel() for p in trainable)
     bar = _progress(recipe, train, plan, world, n_params, counters, accelerator.is_local_main_process)
     monitor, total, final_loss = Monitor(counters, accelerator.device, world), plan.total_steps, float("nan")
