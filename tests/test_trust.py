@@ -8,6 +8,7 @@ two-process launch does not leave the other waiting.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -185,8 +186,9 @@ def test_adapters_stage_builds_only_the_shared_products(tmp_path, cell):
 
 def test_plan_lists_one_cell_per_unique_adapter(tmp_path, monkeypatch):
     monkeypatch.setenv("READAPTIR_CACHE", str(tmp_path / "cache"))
-    cfgs = grid_configs(["repllama"], ["scifact", "nfcorpus", "fever", "climate-fever"], ["in-domain", "msmarco"],
-                        ["both"])  # fmt: skip
+    cells = itertools.product(["repllama"], ["scifact", "nfcorpus", "fever", "climate-fever"],
+                              ["in-domain", "msmarco"], ["both"])  # fmt: skip
+    cfgs = grid_configs(cells)
     assert unique_adapters(cfgs) == [
         "model=repllama dataset=scifact adapter=in-domain ablation=both",
         "model=repllama dataset=scifact adapter=msmarco ablation=both",  # shared by the 3 other BeIR cells
