@@ -93,7 +93,7 @@ mini: install ## mini reproduction on one GPU: SmolLM2 + its trained retriever, 
 mini-cpu: install ## the same at CPU size (30-query/200-passage subsets, 2 cells; not in CI) → experiments/mini-cpu/
 	$(SWEEP) experiment=mini-cpu
 	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini-cpu --models smollm2 \
-	    --datasets scifact-mini,nfcorpus-mini
+	    --datasets scifact-mini,nfcorpus-mini --experiment mini-cpu
 
 hostile: install ## hostile-input campaign, 62 cases (≈ 15 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
 	$(PY) experiments/hostile.py

@@ -127,10 +127,13 @@ class Results:
         return len(self._cells) + len(self._baselines)
 
     def __iter__(self):
-        return (
+        """The shown variant of every cell; a cell whose variants all come from other settings is skipped
+        (it is missing from the tables, as :meth:`get` says)."""
+        picked = (
             self._pick(k, v)
             for k, v in [*self._cells.items(), *((v[0].key, v) for v in self._baselines.values())]
         )
+        return (c for c in picked if c is not None)
 
     def baseline(self, model: str, dataset: str) -> CellResult | None:
         """A base-model-only result (``readapt: false``) of ``model`` on ``dataset``."""
