@@ -174,3 +174,16 @@ def test_alpha_table_and_selection_plot(tmp_path):
         "alpha.csv",
         "alpha.png",
     }
+
+
+def test_alpha_report_command_picks_variants_from_the_plain_config(tmp_path, caplog):
+    """``python -m readaptir.report alpha`` (no experiment of its own) composes the plain config per cell."""
+    from readaptir.report.render import main
+
+    _record(tmp_path / "res", 0.5, 0.72)
+    args = ["alpha", "--results-dir", str(tmp_path / "res"), "--out", str(tmp_path / "out"),
+            "--models", "repllama", "--datasets", "scifact"]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert "cannot compose" not in caplog.text
+    assert "| scifact | 70.0 | 72.0 |" in (tmp_path / "out" / "alpha.md").read_text()

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from readaptir.config import CONF_DIR
 from readaptir.fs import atomic_write
 from readaptir.report import paper
 from readaptir.report.alpha import render_alpha
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--conf-dir", default=str(CONF_DATASET_DIR), help="dataset configs (corpus_size, seen_by)"
     )
     parser.add_argument("--experiment", default=None, help="whose settings pick each cell's variant "
-                        "(default: the table's own experiment; 'none': the plain config)")  # fmt: skip
+                        "(default: the table's own experiment, else 'none': the plain config)")  # fmt: skip
     parser.add_argument("--override", action="append", default=[], help="a Hydra override the sweep ran with")
     parser.add_argument("--any-variant", action="store_true", help="show each cell's newest variant")
     args = parser.parse_args(argv)
@@ -136,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         parser.error(str(err))
     sel = Selection(args.alpha, args.beta, args.scaling, args.metric)
-    experiment = args.experiment or args.table
+    # a table with an experiment of its own (table1, mini, ...) defaults to it; alpha has none: plain config
+    own = (CONF_DIR / "experiment" / f"{args.table}.yaml").is_file()
+    experiment = args.experiment or (args.table if own else "none")
     expect = (
         None
         if args.any_variant
