@@ -20,7 +20,7 @@ from readaptir.data.beir import (
 )
 from readaptir.data.checks import check_corpus, check_dataset
 from readaptir.data.subsets import count_unknown_qrels, knowledge_subset, relevant_doc_ids, subset_filter
-from readaptir.store.identity import content_identity, file_fingerprint
+from readaptir.store.identity import content_identity
 
 
 def test_toy_dataset_reads(toy_dir):
@@ -129,12 +129,29 @@ def test_failed_download_names_dataset_url_and_folder(tmp_path):
     assert [p.name for p in (tmp_path / "data").iterdir()] == []
 
 
-def test_fingerprint_tracks_content(tmp_path):
-    f = tmp_path / "c.jsonl"
-    f.write_text("a" * 10)
-    k1 = file_fingerprint(f)
-    f.write_text("a" * 9 + "b")
-    assert file_fingerprint(f) != k1
+def test_a_local_model_is_its_weights_whole_contents(tmp_path):
+    """A checkpoint saved over another with the same size, header, first and last MiB (a LoRA merge leaves
+    embeddings and norms alone) is a different model: keys built on it must change."""
+    from readaptir.store.identity import model_identity
+
+    folder = tmp_path / "retriever"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "_name_or_path": "/somewhere/else"}')
+    weights = bytearray(os.urandom(6 << 20))
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    memo = tmp_path / "cache" / "identity"
+    before = model_identity(folder, memo)
+    assert before.startswith("local:") and model_identity(folder, memo) == before
+    stat = (folder / "model.safetensors").stat()
+    weights[3 << 20 : (3 << 20) + 8] = b"MERGED!!"  # one tensor in the middle; same size
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = model_identity(folder, memo)
+    assert after != before
+    moved = tmp_path / "moved"
+    folder.rename(moved)  # where it sits and where it says it came from do not matter
+    (moved / "config.json").write_text('{"model_type": "llama", "_name_or_path": "/moved"}')
+    assert model_identity(moved, memo) == after
 
 
 # ------------------------------------------------------------------------- data identity and data checks
@@ -147,16 +164,14 @@ def test_identity_sees_an_edit_in_the_middle_of_a_same_size_file(tmp_path, monke
     f.write_bytes(body)
     memo = tmp_path / "cache" / "identity"
     first = content_identity(f, memo)
-    assert first.startswith("xxh3:") and file_fingerprint(f) == file_fingerprint(f)
+    assert first.startswith("xxh3:")
     edited = bytearray(body)
     mid = len(body) // 2
     edited[mid : mid + 6] = b"EDITED"  # same size; first and last MiB untouched
     old = f.stat()
     f.write_bytes(bytes(edited))
     os.utime(f, ns=(old.st_atime_ns, old.st_mtime_ns))  # even the mtime is put back
-    fp_before = file_fingerprint(f)
     assert content_identity(f, memo) != first
-    assert file_fingerprint(f) == fp_before  # what keys used before: blind to this edit
     # Remembered by path, size, mtime, ctime and inode: a second process does not hash it again.
     identity._REMEMBERED.clear()
     monkeypatch.setattr(identity, "_hash_contents", lambda *a: pytest.fail("hashed again"))

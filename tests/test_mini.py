@@ -100,10 +100,15 @@ def test_mini_table_has_an_alpha_column_and_the_untrained_model():
 
 def test_mini_table_skips_cells_whose_results_come_from_other_settings():
     """A store holding only another experiment's variant of a cell: the table shows it as missing (no crash)."""
-    cells = [_record("scifact", "both", 0.5, 0.5, 0.55, 0.04), _record("nfcorpus", "both", 0.5, 0.3, 0.29, 0.06)]
+    cells = [
+        _record("scifact", "both", 0.5, 0.5, 0.55, 0.04),
+        _record("nfcorpus", "both", 0.5, 0.3, 0.29, 0.06),
+    ]
     for c in cells:
         c.record.variant = "variant-of-another-experiment"
-    results = Results(cells, expect=lambda key: "variant-of-this-experiment" if key[1] == "nfcorpus" else None)
+    results = Results(
+        cells, expect=lambda key: "variant-of-this-experiment" if key[1] == "nfcorpus" else None
+    )
     assert [c.dataset for c in results] == ["scifact"]
     t = mini_table(results, ["smollm2"], ["scifact", "nfcorpus"], Selection())
     rows = {tuple(labels): [c.text() for c in cells] for labels, cells in t.rows}

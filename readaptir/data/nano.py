@@ -9,7 +9,7 @@ is in the subset. Because BM25 chose the distractors, BM25 scores on such a subs
 comparable to nothing; dense retrievers face BM25-hard negatives.
 
 The folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``, ``subset.json`` describing it) is
-a cached product keyed by the source files' fingerprints and the subset's settings (:func:`subset_key`).
+a cached product keyed by the source files' contents and the subset's settings (:func:`subset_key`).
 
     key = subset_key(spec, source_root, "test");  write_subset(source_root, out_dir, spec, "test")
 """
@@ -26,17 +26,18 @@ from readaptir.data.beir import DataError, iter_corpus, load_qrels, load_queries
 from readaptir.data.bm25 import bm25_rankings
 from readaptir.fs import atomic_write, atomic_write_json
 from readaptir.store.artifacts import make_key
-from readaptir.store.identity import file_fingerprint
+from readaptir.store.identity import content_identity
 
 BM25_DEPTH = 200
 FORMAT = 1
 
 
-def subset_key(spec: SubsetSpec, source: Path, split: str) -> str:
-    """Key of the subset folder: the source's files and the subset's settings."""
+def subset_key(spec: SubsetSpec, source: Path, split: str, memo_dir: Path | None = None) -> str:
+    """Key of the subset folder: the source files' contents (identities remembered in ``memo_dir``) and the
+    subset's settings."""
     files = ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv")
     return make_key("dataset", {"subset": spec.model_dump(), "split": split, "format": FORMAT,
-                                **{f: file_fingerprint(Path(source) / f) for f in files}})  # fmt: skip
+                                **{f: content_identity(Path(source) / f, memo_dir) for f in files}})  # fmt: skip
 
 
 def choose(

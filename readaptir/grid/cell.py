@@ -67,7 +67,7 @@ def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
         from readaptir.data.nano import subset_key, write_subset
 
         source = ensure_dataset(d.subset.of, cfg.paths.data_dir, BEIR_URL.format(name=d.subset.of))
-        key = subset_key(d.subset, source, d.split)
+        key = subset_key(d.subset, source, d.split, memo)
         ArtifactStore(cfg.paths.cache_dir).build(
             "dataset", key, lambda tmp: write_subset(source, tmp, d.subset, d.split)
         )

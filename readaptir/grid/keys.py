@@ -85,7 +85,7 @@ class CellInputs:
         eval_root = dataset_dir(d.beir_name, data_dir, d.builtin)
         if d.subset is not None:  # cut from a full dataset into the store (readaptir.data.nano)
             eval_root = ArtifactStore(cfg.paths.cache_dir).path(
-                subset_key(d.subset, dataset_dir(d.subset.of, data_dir), d.split)
+                subset_key(d.subset, dataset_dir(d.subset.of, data_dir), d.split, identity_dir(cfg))
             )
         corpus = cfg.adapter.corpus
         knowledge_root = eval_root if corpus == d.name else dataset_dir(corpus, data_dir)
@@ -109,7 +109,7 @@ def identity_dir(cfg: CellConfig) -> Path:
 
 def tokens_fields(tokenizer: str | Path, corpus_root: Path, memo: Path | None = None) -> dict[str, Any]:
     """What determines a token cache: the tokenizer files, the corpus contents and the storage format."""
-    return {"tokenizer": tokenizer_identity(tokenizer),
+    return {"tokenizer": tokenizer_identity(tokenizer, memo),
             "corpus": content_identity(corpus_root / "corpus.jsonl", memo), "format": FORMAT_VERSION,
             "text": "title+' '+text,stripped"}  # fmt: skip
 
@@ -126,9 +126,9 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
         weights = {"kind": m.kind, "name": m.name, "k1": m.k1, "b": m.b, "method": m.method,
                    "stemmer": m.stemmer, "stopwords": m.stopwords}  # fmt: skip
     elif m.kind == "sbert":
-        weights = {"kind": m.kind, "name": m.name, "model": model_identity(m.pretrained) or m.name}
+        weights = {"kind": m.kind, "name": m.name, "model": model_identity(m.pretrained, memo) or m.name}
     else:
-        weights = {"pretrained": model_identity(m.pretrained), "retriever": model_identity(m.retriever),
+        weights = {"pretrained": model_identity(m.pretrained, memo), "retriever": model_identity(m.retriever, memo),
                    "kind": m.retriever_kind}  # fmt: skip
     trained = m.kind == "dense" and m.train_retriever is not None
     if trained:
@@ -155,7 +155,7 @@ def _retrieval_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs) -
     if trained:
         products["retriever"] = _retriever_product(cfg, runtime)
     if trained and m.train_retriever.evaluate_untrained:  # the pretrained model, same prompts, no LoRA
-        untrained = {"pretrained": model_identity(m.pretrained), "retriever": None, "kind": "untrained"}
+        untrained = {"pretrained": model_identity(m.pretrained, memo), "retriever": None, "kind": "untrained"}
         products["untrained_weights"] = Product("weights", untrained, stored=False)
         products["untrained_index"] = Product("index", index, ("untrained_weights",))
         products["untrained_run"] = Product("run", run, ("untrained_index",))
@@ -169,7 +169,7 @@ def _retriever_product(cfg: CellConfig, runtime: Runtime) -> Product:
     assert t is not None
     root, memo = dataset_dir(t.dataset, cfg.paths.data_dir), identity_dir(cfg)
     qrels = {p.stem: content_identity(p, memo) for p in sorted((root / "qrels").glob("*.tsv"))}
-    fields = {"pretrained": model_identity(m.pretrained), "dataset": t.dataset,
+    fields = {"pretrained": model_identity(m.pretrained, memo), "dataset": t.dataset,
               "corpus": content_identity(root / "corpus.jsonl", memo),
               "queries": content_identity(root / "queries.jsonl", memo),
               "qrels": qrels or content_identity(root / "qrels" / f"{t.split}.tsv", memo), "recipe": t.determining(),
@@ -196,7 +196,7 @@ def _readapt_products(cfg: CellConfig, runtime: Runtime, inputs: CellInputs, bas
                **{f"train.{k}": v for k, v in cfg.train.determining().items()}, **subset,
                "precision": runtime.train_precision, "world_size": runtime.world_size,
                "attention": runtime.train_attention(cfg.train.batching),
-               "pretrained": model_identity(m.pretrained)}  # fmt: skip
+               "pretrained": model_identity(m.pretrained, identity_dir(cfg))}  # fmt: skip
     r = cfg.readapt
     if r.auto:  # α is chosen first; the readapted products then follow at the chosen α (alpha_keys)
         return {

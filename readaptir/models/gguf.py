@@ -27,7 +27,7 @@ from pathlib import Path
 
 from readaptir.errors import UserError
 from readaptir.store.artifacts import ArtifactStore, make_key
-from readaptir.store.identity import GGUF_FORMAT, GGUF_SCHEME, file_fingerprint, gguf_file
+from readaptir.store.identity import GGUF_FORMAT, GGUF_SCHEME, content_identity, gguf_file
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def ensure_gguf_model(ref: str | os.PathLike, cache_dir: str | os.PathLike) -> P
     if path is None:
         package = str(ref)[len(GGUF_SCHEME) :].split("/", 1)[0]
         raise GGUFError(f"model {ref}: no such file in an installed package {package!r}; {INSTALL_HINT}")
-    key = make_key("pretrained", {"gguf": file_fingerprint(path), "format": GGUF_FORMAT, "dtype": "float32"})
+    identity = content_identity(path, Path(cache_dir).expanduser() / "identity")
+    key = make_key("pretrained", {"gguf": identity, "format": GGUF_FORMAT, "dtype": "float32"})
     return ArtifactStore(cache_dir).build(
         "pretrained", key, lambda tmp: convert_gguf(path, tmp), meta={"gguf": str(ref)}
     )
@@ -94,7 +95,7 @@ def convert_gguf(path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     ids = {f"{t}_token": [getattr(tokenizer, f"{t}_token"), getattr(tokenizer, f"{t}_token_id")]
            for t in ("bos", "eos", "pad", "unk")}  # fmt: skip
-    (out / PROVENANCE).write_text(json.dumps({"gguf": path.name, "fingerprint": file_fingerprint(path),
+    (out / PROVENANCE).write_text(json.dumps({"gguf": path.name, "identity": content_identity(path),
                                               "dtype": "float32 (de-quantised)", **ids}, indent=2))  # fmt: skip
 
 

@@ -1,9 +1,10 @@
 """What an input *is*, independent of where it sits: the identities that artifact keys are built from.
 
-A hub model is its id; a local model folder is its configs and weight-file fingerprints; a GGUF shipped in a
-package (``gguf:<package>/<file>``) is that file's fingerprint; a tokenizer is its tokenizer files; a data
-file (corpus, queries, qrels) is its full contents (:func:`content_identity`, xxh3-128, computed once and
-remembered by path, size, mtime, ctime and inode in the cache, since the data folder may be read-only).
+A hub model is its id; a local model folder is its configs and the full contents of its weight files; a
+GGUF shipped in a package (``gguf:<package>/<file>``) is that file's contents; a tokenizer is its tokenizer
+files; a data file (corpus, queries, qrels) is its full contents. Whole files are hashed by
+:func:`content_identity` (xxh3-128 at disk speed, computed once and remembered by path, size, mtime, ctime
+and inode in the cache, since the data or model folder may be read-only).
 Moving the cache or a data folder therefore invalidates nothing, while a changed weight file, tokenizer or
 corpus, even one byte in the middle, gets new artifacts. An input that is not on disk (plan mode before a
 download) has the identity ``"unknown"``.
@@ -74,24 +75,6 @@ def is_hub_id(ref: str | os.PathLike) -> bool:
     return not Path(str(ref)).expanduser().exists() and bool(HUB_ID_RE.match(str(ref)))
 
 
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """Cheap content fingerprint of a (possibly huge) file: size, plus sha256 of its first/last MiB.
-
-    Used in artifact keys, so a changed corpus gets new artifacts without hashing gigabytes each run.
-    """
-    path = Path(path)
-    if not path.is_file():  # plan mode before a download: distinct per dataset, never equal to real data
-        return f"{UNKNOWN}:{path.parent.name}/{path.name}"
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
 HASH_CHUNK = 16 << 20
 _REMEMBERED: dict[tuple, str] = {}  # this process's identities, by (path, size, mtime, ctime, inode)
 
@@ -146,12 +129,16 @@ def content_identity(path: str | os.PathLike, memo_dir: str | os.PathLike | None
     return identity
 
 
-def model_identity(ref: str | os.PathLike | None) -> str | None:
-    """A hub id as is; a local folder by its configs and weight fingerprints; ``unknown`` if absent."""
+def model_identity(ref: str | os.PathLike | None, memo_dir: str | os.PathLike | None = None) -> str | None:
+    """A hub id as is; a local folder by its configs and its weight files' contents; ``unknown`` if absent.
+
+    A fine-tuned checkpoint saved over an older one has the same size, header and often the same first and
+    last tensors (a LoRA merge leaves the embeddings and norms alone): only the whole contents tell them
+    apart. A 7B folder (13 GB) is hashed once, then remembered in ``memo_dir``."""
     if ref is None:
         return None
     if str(ref).startswith(GGUF_SCHEME):
-        return _gguf_identity(ref)
+        return _gguf_identity(ref, memo_dir)
     p = Path(str(ref)).expanduser()
     if not p.is_dir():
         return str(ref) if is_hub_id(ref) else f"{UNKNOWN}:{ref}"
@@ -160,7 +147,7 @@ def model_identity(ref: str | os.PathLike | None) -> str | None:
         if f.suffix in (".json", ".safetensors", ".bin", ".model") and not f.name.startswith("."):
             h.update(f.name.encode())
             if f.suffix in (".safetensors", ".bin"):
-                h.update(file_fingerprint(f).encode())
+                h.update(content_identity(f, memo_dir).encode())
             else:
                 h.update(_stable_json(f))
     return f"local:{h.hexdigest()[:16]}"
@@ -178,16 +165,16 @@ def _stable_json(f: Path) -> bytes:
     return json.dumps(obj, sort_keys=True).encode()
 
 
-def _gguf_identity(ref: str | os.PathLike) -> str:
+def _gguf_identity(ref: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
     """A GGUF reference by the file's contents and the conversion format (its tokenizer is inside it)."""
     path = gguf_file(ref)
-    return f"{UNKNOWN}:{ref}" if path is None else f"gguf:{file_fingerprint(path)}:v{GGUF_FORMAT}"
+    return f"{UNKNOWN}:{ref}" if path is None else f"gguf:{content_identity(path, memo_dir)}:v{GGUF_FORMAT}"
 
 
-def tokenizer_identity(ref: str | os.PathLike) -> str:
+def tokenizer_identity(ref: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
     """A hub id as is; a local folder by its tokenizer files (names and contents); a GGUF by its file."""
     if str(ref).startswith(GGUF_SCHEME):
-        return _gguf_identity(ref)
+        return _gguf_identity(ref, memo_dir)
     root = Path(str(ref)).expanduser()
     if not root.is_dir():
         return str(ref) if is_hub_id(ref) else f"{UNKNOWN}:{ref}"
