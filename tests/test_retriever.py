@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from readaptir.grid.cell import run_cell
 from readaptir.grid.plan import plan_cell
 from readaptir.models.hub import resolve_models
 from readaptir.readapt.model import load_base_retriever
-from readaptir.train.retriever import info_nce, train_retriever
+from readaptir.train.retriever import info_nce, shard_bounds, train_retriever
 from readaptir.train.retriever_data import TrainData, build_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,6 +126,47 @@ def test_resume_after_kill_gives_the_same_retriever(tmp_path, tiny_llama):
     assert stats["resumed_from_step"] == 2
     full, resumed = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("full", "resumed"))
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_shards_cover_the_batch_in_order():
+    assert shard_bounds(5, 2) == [(0, 3), (3, 5)] and shard_bounds(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert shard_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_retriever_one_process_trains(tmp_path, tiny_llama):
+    """torchrun, 2 CPU processes (gloo): each encodes its share of a step's queries, the embeddings are
+    gathered, and the adapter equals a single process's on the whole batch (steps of 5 queries: shards of 3
+    and 2; a last step of 1 query is computed whole on both ranks). Without the gather, or without scaling
+    the loss by the world size, the two adapters differ."""
+    r = recipe(queries_per_batch=5, max_queries=11, dropout=0.0)  # dropout masks are drawn per rank
+    assert [len(s) for s in build_plan(TrainData.load(RESOURCES / "toy", "train"), r).steps] == [5, 5, 1]
+    from ddp_retriever import Recorder
+
+    rec = Recorder()
+    stats = train_retriever(tiny_llama.pretrained, "b", RESOURCES / "toy", ModelSpec.model_validate({"name": "t"}),
+                            r, tmp_path / "one", tmp_path / "w1", rec)  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(REPO / "tests" / "ddp_retriever.py"), str(tiny_llama.pretrained), str(tmp_path / "two"),
+         str(tmp_path / "w2"), r.model_dump_json()],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    one, two = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("one", "two"))
+    assert one.keys() == two.keys() and stats["steps"] == 3
+    split = json.loads((tmp_path / "two" / "train_stats.json").read_text())
+    assert (split["world_size"], split["queries"], split["queries_encoded_by_main"]) == (2, 11, 3 + 3 + 1)
+    assert stats["queries_encoded_by_main"] == 11
+    # the same loss and the same gradient (before clipping) at every step, not only the same Adam updates
+    logged = {int(k): v for k, v in json.loads((tmp_path / "two" / "logged.json").read_text()).items()}
+    assert sorted(logged) == sorted(rec.steps) == [1, 2, 3]
+    for step, want in rec.steps.items():
+        for key in ("retriever/loss", "retriever/grad_norm"):
+            assert logged[step][key] == pytest.approx(want[key], rel=1e-5), (step, key)
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5
+    assert any(float(one[k].abs().max()) > 1e-3 for k in one if "lora_B" in k)  # it did learn something
 
 
 def _cell(tmp_path: Path, *overrides: str) -> CellConfig:

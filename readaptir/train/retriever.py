@@ -13,6 +13,13 @@ other query's group in the batch; AdamW lr 1e-4 (HF Trainer defaults otherwise),
 warmup steps, gradient clipping at 1.0, one epoch; query/passage max lengths 32/196. The data plan:
 :mod:`~readaptir.train.retriever_data`. bf16 autocast on CUDA, float32 on CPU.
 
+Under a multi-process launch (``accelerate launch``/torchrun) each step's queries are split across the ranks
+in contiguous shards; each rank encodes its shard, the embeddings are all-gathered (only the local block
+carries gradients, as Tevatron's ``negatives_cross_device``) and every rank computes the loss over the whole
+batch, scaled by the world size so that DDP's gradient mean is the single-process gradient: N GPUs train the
+same retriever as one (same batch, same negatives), N times faster. A step with fewer queries than ranks is
+computed whole on every rank. LoRA dropout draws its masks per rank, so runs are equal only without dropout.
+
 Checkpoints every ``checkpoint_every`` steps (adapter, optimizer, schedule, RNG states; the position is the
 step, since the plan is fixed) go to ``work_dir``: a killed run resumes and ends with the same adapter.
 
@@ -87,6 +94,30 @@ def info_nce(q: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tens
     return torch.nn.functional.cross_entropy(scores, target)
 
 
+def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each rank's contiguous share of ``n`` queries, as even as possible."""
+    size, extra = divmod(n, world)
+    bounds, start = [], 0
+    for rank in range(world):
+        end = start + size + (rank < extra)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def gather_rows(x: torch.Tensor, sizes: Sequence[int], rank: int) -> torch.Tensor:
+    """Every rank's ``[sizes[r], d]`` block, in rank order; only this rank's block keeps its gradient."""
+    import torch.distributed as dist
+
+    padded = x.new_zeros((max(sizes), x.shape[1]))  # all_gather needs one shape
+    padded[: x.shape[0]] = x.detach()
+    blocks = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(blocks, padded)
+    parts = [b[:n] for b, n in zip(blocks, sizes, strict=True)]
+    parts[rank] = x
+    return torch.cat(parts)
+
+
 class _Texts:
     """Examples → token rows with the model's prompts (the same prompts evaluation uses)."""
 
@@ -112,6 +143,23 @@ def _optimizer(model, recipe: RetrieverTraining, total: int):
     return params, optimizer, get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
 
 
+def _step_loss(model, texts: _Texts, batch: list[Example], world: int, rank: int, pad_id: int, eos: int,
+               temperature: float, accelerator: Accelerator) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """The batch's InfoNCE loss (this rank's shard encoded, the other shards' embeddings gathered) and how
+    many of its queries this rank encoded."""
+    shard = world > 1 and len(batch) >= world
+    bounds = shard_bounds(len(batch), world) if shard else [(0, len(batch))]
+    lo, hi = bounds[rank] if shard else bounds[0]
+    q_rows, p_rows = texts.rows(batch[lo:hi])
+    with accelerator.autocast():
+        q, p = pooled(model, q_rows, pad_id, eos), pooled(model, p_rows, pad_id, eos)
+    if shard:
+        q = gather_rows(q, [b - a for a, b in bounds], rank)
+        groups = [sum(1 + len(e.negatives) for e in batch[a:b]) for a, b in bounds]
+        p = gather_rows(p, groups, rank)
+    return info_nce(q, p, temperature), hi - lo
+
+
 def train_retriever(
     pretrained: Path, base_ref: str, data_root: Path, spec: ModelSpec, recipe: RetrieverTraining,
     out_dir: Path, work_dir: Path, tracker: Tracker | None = None,
@@ -133,8 +181,12 @@ def train_retriever(
     )
     model = retriever_model(pretrained, recipe, base_ref).to(accelerator.device)
     params, optimizer, scheduler = _optimizer(model, recipe, plan.total_steps)
+    # Not the scheduler: accelerate's wrapper would step it once per rank per step.
+    model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    fingerprint, start, counters = plan.fingerprint(recipe), 0, {"queries": 0}
+    world, rank = accelerator.num_processes, accelerator.process_index
+    # per-rank RNG states are checkpointed: a resume needs the same number of ranks
+    fingerprint, start, counters = f"{plan.fingerprint(recipe)}-world{world}", 0, {"queries": 0, "encoded": 0}
     last = latest_checkpoint(work_dir)
     if last is not None:
         state = load_checkpoint(accelerator, last, model, optimizer, scheduler, fingerprint)
@@ -143,12 +195,11 @@ def train_retriever(
     first = last_loss = float("nan")
     t_run = time.time()
     for step in range(start, plan.total_steps):
-        q_rows, p_rows = texts.rows(plan.steps[step])
-        with accelerator.autocast():
-            loss = info_nce(
-                pooled(model, q_rows, pad_id, eos), pooled(model, p_rows, pad_id, eos), recipe.temperature
-            )
-        loss.backward()
+        batch = plan.steps[step]
+        loss, encoded = _step_loss(
+            model, texts, batch, world, rank, pad_id, eos, recipe.temperature, accelerator
+        )
+        accelerator.backward(loss * world if world > 1 and len(batch) >= world else loss)
         norm, value = (
             float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)),
             float(loss.detach()),
@@ -163,7 +214,8 @@ def train_retriever(
         optimizer.zero_grad(set_to_none=True)
         done, last_loss = step + 1, value
         first = last_loss if math.isnan(first) else first
-        counters["queries"] += len(q_rows)
+        counters["queries"] += len(batch)
+        counters["encoded"] = counters.get("encoded", 0) + encoded  # by the main process
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.1e}", refresh=False)
         if tracker is not None and (done % recipe.log_every == 0 or done == plan.total_steps):
@@ -176,10 +228,12 @@ def train_retriever(
     bar.close()
     seconds = time.time() - t_run
     stats = {"steps": plan.total_steps, "resumed_from_step": start, "train_queries": plan.queries,
-             "queries": counters["queries"], "first_loss": first, "final_loss": last_loss,
+             "queries": counters["queries"], "queries_encoded_by_main": counters["encoded"],
+             "world_size": world, "first_loss": first, "final_loss": last_loss,
              "seconds_per_step": seconds / max(plan.total_steps - start, 1), "seconds": time.time() - t0,
              "trainable_params": sum(p.numel() for p in params)}  # fmt: skip
-    if accelerator.is_main_process:  # under a multi-process launch every rank trains the same replica
+    if accelerator.is_main_process:  # the ranks hold the same weights: DDP keeps them in step
+        model = accelerator.unwrap_model(model)
         model.peft_config["default"].base_model_name_or_path = base_ref  # PEFT put the local folder there
         model.save_pretrained(out_dir)
         atomic_write_json(Path(out_dir) / STATS_FILE, stats)
