@@ -89,8 +89,8 @@ def train_retriever(
 ) -> tuple[ModelFolders, dict[str, Any]]:
     """The retriever the model config trains (built only if no finished copy exists) and its stats.
 
-    Under a multi-process launch every rank trains the same replica in the shared folder (no speed-up; the
-    main process publishes it), which keeps the ranks in step with the checkpoint barriers.
+    Under a multi-process launch every rank trains on its share of each step's queries (data parallel, the
+    embeddings gathered across ranks) in the shared folder; the main process publishes it.
     """
     from readaptir.train.retriever import STATS_FILE
     from readaptir.train.retriever import train_retriever as train
