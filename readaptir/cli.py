@@ -36,6 +36,9 @@ def _app(cfg: DictConfig) -> str:
     return run_job(cfg)
 
 
+_LAUNCHER_ARG = re.compile(r"^[+~]{0,2}hydra/launcher(=|$)")
+
+
 def plan_requested(argv: list[str]) -> bool:
     return any(_PLAN_ARG.match(a) for a in argv)
 
@@ -48,8 +51,12 @@ def main() -> None:
     from readaptir.grid import plan
 
     scratch = tempfile.mkdtemp(prefix="readaptir-plan-")
+    # A plan runs here, in this process: a cluster launcher would submit one job per cell to print it (and
+    # the sweep's total would never be seen), so its override is replaced by the basic launcher.
+    sys.argv = [a for a in sys.argv if not _LAUNCHER_ARG.match(a)]
     # Appended last, so they win over the user's own hydra.*.dir overrides: a plan writes no job folder.
     sys.argv += [
+        "hydra/launcher=basic",
         f"hydra.run.dir={scratch}/run",
         f"hydra.sweep.dir={scratch}/sweep",
         "hydra.output_subdir=null",

@@ -145,8 +145,16 @@ def test_not_applicable_cell_exits_cleanly(tmp_path, data_dir):
 
 
 def test_plan_mode_loads_nothing(tmp_path):
+    # planned here even with the SLURM launcher named: a plan must not submit a job per cell
     out = run_py(
-        ["-m", "model=repllama", "dataset=glob(*)", "run.plan=true", f"hydra.sweep.dir={tmp_path}/s"],
+        [
+            "-m",
+            "model=repllama",
+            "dataset=glob(*)",
+            "hydra/launcher=slurm",
+            "run.plan=true",
+            f"hydra.sweep.dir={tmp_path}/s",
+        ],  # fmt: skip
         {"READAPTIR_DATA": str(tmp_path / "nodata"), "READAPTIR_CACHE": str(tmp_path / "cache")},
         tmp_path,
     )
