@@ -150,3 +150,37 @@ def test_measured_rates_replace_the_configured_ones(tmp_path, monkeypatch):
         float(line.split("total ≈")[1].split(" GPU-h")[0].replace(",", "")) for line in (configured, measured)
     ]
     assert hours[1] < hours[0]
+
+
+def test_a_pinned_hub_revision_is_part_of_every_key(monkeypatch, tmp_path):
+    """``org/name@<commit>`` pins a Hub model: keys change with the pin, the download asks for it, and the
+    adapter's recorded base still compares equal to the plain id."""
+    from readaptir.models import hub
+    from readaptir.store.identity import model_identity
+
+    rev = "01c7f73d771dfac7d292323805ebc428287df4f9"
+    plain = plan_cell(_cell("repllama", "scifact", "in-domain", "both")).keys
+    pinned = plan_cell(
+        _cell(
+            "repllama",
+            "scifact",
+            "in-domain",
+            "both",
+            overrides=[f"model.pretrained=meta-llama/Llama-2-7b-hf@{rev}"],
+        )
+    ).keys
+    assert plain.keys() == pinned.keys()
+    assert all(plain[k] != pinned[k] for k in ("adapter", "base_weights", "base_run", "readapted", "result"))
+    assert model_identity(f"org/name@{rev}") == f"org/name@{rev}" != model_identity("org/name")
+    assert hub.hub_id(f"meta-llama/Llama-2-7b-hf@{rev}") == "meta-llama/Llama-2-7b-hf"
+    asked = {}
+
+    def fake_download(repo, revision=None, allow_patterns=None):
+        asked.update(repo=repo, revision=revision)
+        return str(tmp_path)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_download)
+    assert hub.resolve_model_dir(f"org/name@{rev}") == tmp_path
+    assert asked == {"repo": "org/name", "revision": rev}
+    hub.resolve_model_dir("org/name")
+    assert asked == {"repo": "org/name", "revision": None}

@@ -102,8 +102,9 @@ def train_retriever(
         tracker = start_tracker(cfg.tracking if runtime.main else None,
                                 {"model": m.name, "dataset": t.dataset, "recipe": t.model_dump()},
                                 name=f"{m.name}/retriever", group=f"{m.name}/retriever", job_type="retriever")  # fmt: skip
+        base_ref = hub_id(m.pretrained) or str(m.pretrained)  # PEFT's base_model_name_or_path: no @revision
         try:
-            train(folders.pretrained, str(m.pretrained), dataset_dir(t.dataset, cfg.paths.data_dir), m, t, tmp,
+            train(folders.pretrained, base_ref, dataset_dir(t.dataset, cfg.paths.data_dir), m, t, tmp,
                   store.work_dir(key), tracker)  # fmt: skip
         finally:
             tracker.finish()

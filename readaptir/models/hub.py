@@ -17,7 +17,7 @@ from pathlib import Path
 from readaptir.config import ModelSpec
 from readaptir.errors import UserError
 from readaptir.models.gguf import ensure_gguf_model, is_gguf_ref
-from readaptir.store.identity import HUB_ID_RE
+from readaptir.store.identity import HUB_ID_RE, split_revision
 
 # Hub cache snapshots live under .../models--<org>--<name>/snapshots/<hash>: the hub id is recoverable.
 _HUB_CACHE_RE = re.compile(r"models--([^/\\]+?)--([^/\\]+?)(?:[/\\]|$)")
@@ -32,7 +32,8 @@ class ModelNotFound(UserError):
 
 def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """A local folder as is; a ``gguf:<package>/<file>`` converted once into ``cache_dir`` (default
-    ``$READAPTIR_CACHE`` or ``cache``); otherwise a hub id fetched with ``huggingface_hub.snapshot_download``.
+    ``$READAPTIR_CACHE`` or ``cache``); otherwise a hub id fetched with ``huggingface_hub.snapshot_download``
+    (at the pinned revision of ``org/name@<revision>``).
 
     Only weights in safetensors, configs and tokenizer files are fetched (no ``.bin`` duplicates).
     """
@@ -45,11 +46,13 @@ def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir: str | os.PathL
         raise ModelNotFound(f"model folder not found: {name_or_path}")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(name_or_path), allow_patterns=FETCH_PATTERNS))
+    repo, revision = split_revision(str(name_or_path))
+    return Path(snapshot_download(repo, revision=revision, allow_patterns=FETCH_PATTERNS))
 
 
 def hub_id(name_or_path: str | os.PathLike | None) -> str | None:
-    """The hub id a model reference denotes, or None for a plain local path (cannot be compared)."""
+    """The hub id a model reference denotes (without a pinned revision), or None for a plain local path
+    (cannot be compared)."""
     if name_or_path is None:
         return None
     text = str(name_or_path)
@@ -58,7 +61,7 @@ def hub_id(name_or_path: str | os.PathLike | None) -> str | None:
         return f"{m.group(1)}/{m.group(2)}"
     if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")):
         return None
-    return text if HUB_ID_RE.match(text) else None
+    return split_revision(text)[0] if HUB_ID_RE.match(text) else None
 
 
 @dataclass(frozen=True)

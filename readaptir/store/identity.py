@@ -1,6 +1,7 @@
 """What an input *is*, independent of where it sits: the identities that artifact keys are built from.
 
-A hub model is its id; a local model folder is its configs and the full contents of its weight files; a
+A hub model is its id as written (``org/name@<commit>`` when pinned: only a pin makes a Hub update visible
+to the keys); a local model folder is its configs and the full contents of its weight files; a
 GGUF shipped in a package (``gguf:<package>/<file>``) is that file's contents; a tokenizer is its tokenizer
 files; a data file (corpus, queries, qrels) is its full contents. Whole files are hashed by
 :func:`content_identity` (xxh3-128 at disk speed, computed once and remembered by path, size, mtime, ctime
@@ -27,7 +28,8 @@ from readaptir.fs import atomic_write
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# ``org/name``, optionally pinned to a revision (commit, tag or branch): ``org/name@<revision>``.
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:@[\w.-]+)?$")
 # Files that define a HF tokenizer's behaviour (the weights in the same folder must not enter its identity).
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -68,6 +70,12 @@ def gguf_file(ref: str | os.PathLike) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def split_revision(ref: str) -> tuple[str, str | None]:
+    """``org/name@revision`` → ``("org/name", "revision")``; an unpinned id → ``(id, None)``."""
+    repo, _, revision = str(ref).partition("@")
+    return repo, revision or None
 
 
 def is_hub_id(ref: str | os.PathLike) -> bool:
