@@ -95,7 +95,7 @@ mini-cpu: install ## the same at CPU size (30-query/200-passage subsets, 2 cells
 	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini-cpu --models smollm2 \
 	    --datasets scifact-mini,nfcorpus-mini --experiment mini-cpu
 
-hostile: install ## hostile-input campaign, 62 cases (≈ 15 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
+hostile: install ## hostile-input campaign, 62 cases (≈ 8–13 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
 	$(PY) experiments/hostile.py
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
