@@ -360,11 +360,12 @@ def _busy(ctx: Ctx) -> Verdict:
     first, _ = ctx.run(cache, slow, popen=True)
     while first.poll() is None and not glob.glob(f"{cache}/adapter/.adapter-*.tmp-*"):
         time.sleep(0.05)
-    out, rec = ctx.run(cache, [*slow, "readapt.alpha=0.3", "run.on_busy=exit"])
+    second = [*slow, "readapt.alpha=0.3", "run.on_busy=exit"]  # shares the first job's adapter
+    out, rec = ctx.run(cache, second)
     first.communicate(timeout=900)
     if out.returncode != 75 or (rec or {}).get("status") != "waiting":
         return "unclear error", f"exit {out.returncode}, status {(rec or {}).get('status')}"
-    again, rec2 = ctx.run(cache, [*slow, "readapt.alpha=0.3", "run.on_busy=exit"])
+    again, rec2 = ctx.run(cache, second)
     return ("ok", "waiting, then done on the rerun") if (rec2 or {}).get("status") == "done" else (
         "unclear error", (again.stderr.strip().splitlines() or ["?"])[-1][:150])  # fmt: skip
 
