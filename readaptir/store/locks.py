@@ -90,6 +90,7 @@ class BuildLock:
         self.holder = ""  # who holds it, when acquire() found it busy
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._seen: tuple[list, float] | None = None  # (lock state, monotonic time first seen in it)
 
     def stale(self, info: dict[str, Any] | None, state: list) -> bool:
         """A dead owner in this PID namespace, or a lock seen unchanged for ``stale_s`` seconds of this
@@ -103,18 +104,22 @@ class BuildLock:
         """When this boot first saw the lock in exactly this state (monotonic seconds), remembered beside
         the lock so that a job that looks once and exits keeps the count of the one before it."""
         seen = self.path.with_name(f"{self.path.name}.seen-{_boot()}")
+        now, since = time.monotonic(), []
+        if self._seen is not None and self._seen[0] == observation:
+            since.append(self._seen[1])
         try:
             saved = json.loads(seen.read_text())
-            if saved["observation"] == observation and saved["since"] <= time.monotonic():
-                return float(saved["since"])
+            if saved["observation"] == observation and saved["since"] <= now:
+                since.append(float(saved["since"]))
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        now = time.monotonic()
-        try:
-            atomic_write(seen, json.dumps({"observation": observation, "since": now}))
-        except OSError:
-            pass  # a read-only lock folder: counted from now, by this process only
-        return now
+        if not since:
+            try:
+                atomic_write(seen, json.dumps({"observation": observation, "since": now}))
+            except OSError:
+                pass  # a read-only lock folder: counted by this process alone
+        self._seen = (observation, min(since, default=now))
+        return self._seen[1]
 
     def _try_create(self) -> bool:
         try:
