@@ -2,14 +2,17 @@
 
 Every result, table, run file and artifact folder of the project is written through these helpers, so a
 killed job leaves either the old file or the new one, never a truncated mix. Temporary names carry the
-host and process id, so concurrent jobs on a shared filesystem never write into each other's files, and a
-later run on the same host can tell a dead process's leftovers (:func:`remove_dead_temps`) from a live
-job's work in progress.
+host, the process namespace (:data:`NAMESPACE`) and the process id, so concurrent jobs on a shared
+filesystem never write into each other's files, and a later run can tell a dead process's leftovers
+(:func:`remove_dead_temps`) from a live job's work in progress. A pid says whether a process lives only
+inside its own PID namespace: two containers may share a hostname while each has its own pids, so a
+leftover is removed only by a process of the same boot and the same PID namespace, never by host + pid.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -23,8 +26,23 @@ from typing import Any
 from readaptir.errors import StorageError
 
 HOST = socket.gethostname()
-# ``.<name>.<tag>-<host>-<pid>``: the host may contain dashes, the pid is the last field.
-TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<host>.+)-(?P<pid>\d+)$")
+
+
+def _namespace() -> str:
+    """8 hex digits naming this kernel boot and PID namespace: processes that can see each other's pids
+    share it; two containers with one hostname but separate PID namespaces (or two machines) do not."""
+    parts = [HOST]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+        except OSError:
+            parts.append("?")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+NAMESPACE = _namespace()
+# ``.<name>.<tag>-<host>-<namespace>-<pid>``: the host may contain dashes, the pid is the last field.
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<host>.+)-(?P<ns>[0-9a-f]{8})-(?P<pid>\d+)$")
 # errno values that mean "the disk or the permissions", not a bug: reported as one line naming the folder.
 STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                   errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
@@ -35,13 +53,13 @@ LOW_SPACE = 64 << 20
 
 
 def temp_sibling(path: str | os.PathLike, tag: str = "tmp") -> Path:
-    """``.<name>.<tag>-<host>-<pid>`` beside ``path``: unique per process, hidden from globbing readers."""
+    """``.<name>.<tag>-<host>-<namespace>-<pid>`` beside ``path``: unique per process, hidden from readers."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{tag}-{HOST}-{os.getpid()}")
+    return path.with_name(f".{path.name}.{tag}-{HOST}-{NAMESPACE}-{os.getpid()}")
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (a zombie counts as alive)."""
+    """Whether a process with this id exists in this PID namespace (a zombie counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -52,14 +70,15 @@ def pid_alive(pid: int) -> bool:
 
 
 def dead_temps(folder: str | os.PathLike) -> Iterator[Path]:
-    """Temporary siblings in ``folder`` left by processes of this host that no longer run."""
+    """Temporary siblings in ``folder`` left by processes of this boot and PID namespace that no longer run
+    (another container's, another machine's and an older version's names are never judged here)."""
     try:
         entries = list(Path(folder).iterdir())
     except OSError:
         return
     for path in entries:
         m = TEMP_RE.match(path.name)
-        if m and m["host"] == HOST and not pid_alive(int(m["pid"])):
+        if m and m["host"] == HOST and m["ns"] == NAMESPACE and not pid_alive(int(m["pid"])):
             yield path
 
 
@@ -139,6 +158,23 @@ def atomic_write_lines(path: str | os.PathLike, chunks: Iterable[str | bytes]) -
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def create_once(path: str | os.PathLike, data: str | bytes) -> bool:
+    """Write ``path`` only if it does not exist (False when it does), never half a file: a complete temporary
+    sibling is hard-linked into place, which fails on an existing name (atomic on NFS and Lustre too)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path, "new")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

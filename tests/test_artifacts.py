@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from readaptir.errors import StorageError
-from readaptir.fs import HOST, atomic_write_json
+from readaptir.fs import HOST, NAMESPACE, atomic_write_json
 from readaptir.store.artifacts import ArtifactStore, make_key
 from readaptir.store.locks import BuildLock, ProductBusy
 
@@ -221,8 +221,8 @@ def test_killed_build_leaves_nothing_that_is_reused_or_kept(tmp_path):
 
 
 def test_live_jobs_temp_folders_are_kept(tmp_path):
-    live = tmp_path / "thing" / f".thing-x.tmp-{HOST}-{os.getpid()}"
-    other_host = tmp_path / "thing" / ".thing-y.tmp-elsewhere-1"
+    live = tmp_path / "thing" / f".thing-x.tmp-{HOST}-{NAMESPACE}-{os.getpid()}"
+    other_host = tmp_path / "thing" / ".thing-y.tmp-elsewhere-0badc0de-1"
     for p in (live, other_host):
         p.mkdir(parents=True)
     assert ArtifactStore(tmp_path).remove_leftovers() == [] and live.exists() and other_host.exists()
@@ -291,20 +291,26 @@ def test_lock_file_is_exclusive_and_can_give_up(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_stale_locks_are_broken(tmp_path):
     path = tmp_path / "k.lock"
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    path.write_text(json.dumps({"host": HOST, "pid": int(dead.stdout), "token": "t", "started": 0}))
+    owner = {"host": HOST, "ns": NAMESPACE, "pid": int(dead.stdout), "token": "t", "started": 0}
+    path.write_text(json.dumps(owner))
     lock = BuildLock(path, on_busy="exit")
-    assert lock.acquire()  # the owner's pid is gone on this host
+    assert lock.acquire()  # the owner's pid is gone in this PID namespace
     lock.release()
-    path.write_text(json.dumps({"host": "another-node", "pid": 1, "token": "t", "started": 0}))
-    assert not BuildLock(path, stale_s=600, on_busy="exit").acquire()  # another node, refreshed recently
-    os.utime(path, (time.time() - 700, time.time() - 700))
-    lock = BuildLock(path, stale_s=600, on_busy="exit")
-    assert lock.acquire()  # nobody refreshed it for longer than stale_s: a dead node
+    path.write_text(
+        json.dumps({"host": "another-node", "ns": "0badc0de", "pid": 1, "token": "t", "started": 0})
+    )
+    old = time.time() - 700  # its date says nothing: another node's clock
+    os.utime(path, (old, old))
+    assert not BuildLock(path, stale_s=0.3, on_busy="exit").acquire()  # first seen now
+    time.sleep(0.5)
+    lock = BuildLock(path, stale_s=0.3, on_busy="exit")
+    assert lock.acquire()  # seen unchanged for longer than stale_s on this waiter's clock: a dead node
     lock.release()
 
 

@@ -28,6 +28,7 @@ from readaptir.logs import ProgressLog, quiet_libraries, timed
 from readaptir.models.hub import resolve_models
 from readaptir.runtime import Runtime, dist_state, distributed, is_main
 from readaptir.store.artifacts import ArtifactStore
+from readaptir.store.identity import count_lines, watched_inputs
 from readaptir.store.locks import ProductBusy
 from readaptir.tracking import Tracker, start_tracker
 
@@ -137,15 +138,19 @@ def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRec
             record.write(job_results)
         ensure_data(cfg, inputs)
         inputs = CellInputs.of(cfg)  # again: a download or a subset cut may have changed what it points at
+        # counted from the data (Figure 2's x), never taken from dataset.corpus_size, a setting outside the key
+        record.corpus_size = count_lines(inputs.eval_root / "corpus.jsonl", identity_dir(cfg))
         # before any process group: ranks > 0 must not save configs
         folders = resolve_models(cfg.model, cfg.paths.cache_dir)
         if distributed():
             dist_state()  # one process group for every later Accelerator (CPU launches use gloo)
         runtime = Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype)
-        products = cell_products(cfg, runtime, inputs)  # the whole chain, before anything loads
+        with watched_inputs() as files:  # re-checked before each publish: a change meanwhile fails the cell
+            products = cell_products(cfg, runtime, inputs)  # the whole chain, before anything loads
         keys = record.artifacts = resolve(products)
         data = stages.EvalData.load(inputs.eval_root, cfg.dataset.split)
     store = open_store(cfg, products, keys)
+    store.inputs = files
     tracker = _tracker(cfg, record, runtime)
     results_path = record.cell.store_path(cfg.paths.results_dir, keys["result"])
     try:
@@ -175,7 +180,7 @@ def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRec
         record.artifact_events = store.events
         record.status = "done"
         if runtime.main:
-            record.write(job_results, results_path)
+            record.write(job_results, once=results_path)
             _track_results(tracker, record)
     finally:
         tracker.finish()

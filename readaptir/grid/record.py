@@ -9,10 +9,16 @@ the settings alone, so the tables can pick the variant an experiment's own confi
 BeIR's names as fractions (``NDCG@10`` = 0.745); ``delta`` is readapted − base; ``significance`` is the
 paired test on per-query nDCG@10; ``artifacts`` holds the keys of every product the cell used, so a number
 can always be traced to the files that made it. ``git_commit``/``versions`` record the code.
+
+The store keeps one record per result key, written once: a later run of the same key (another setting
+that determines no number, such as ``dataset.corpus_size``, which the record takes from the data instead)
+leaves it as it is. Each record carries ``digest``, the sha256 of its own canonical JSON, which the tables
+verify (:func:`digest_problem`): a record edited by hand or damaged on disk is skipped, named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from readaptir.config import CellConfig
 from readaptir.data.beir import DataError
 from readaptir.errors import UserError
-from readaptir.fs import atomic_write, storage_problem
+from readaptir.fs import atomic_write, create_once, storage_problem
 from readaptir.provenance import provenance
 from readaptir.store.artifacts import make_key
 
@@ -74,6 +80,41 @@ def failure_reason(err: BaseException) -> str:
         return f"{problem}; free space, fix the permissions, or set paths.cache_dir / paths.results_dir elsewhere"
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:500]}" if text else type(err).__name__
+
+
+def record_digest(raw: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of a record's canonical JSON (sorted keys, no spaces), its ``digest`` left out."""
+    body = {k: v for k, v in raw.items() if k != "digest"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest_problem(raw: Mapping[str, Any]) -> str | None:
+    """None when a stored record matches its digest; else what is wrong (no digest: an older record)."""
+    if not raw.get("digest"):
+        return "it carries no digest (written before records did)"
+    if raw["digest"] != record_digest(raw):
+        return "its contents do not match its digest (edited by hand or damaged on disk)"
+    return None
+
+
+def _write_once(path: Path, text: str) -> None:
+    """One record per result key: an intact one stays; a damaged or digest-less one is replaced."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        why = digest_problem(old) if isinstance(old, dict) else "not a JSON object"
+    except FileNotFoundError:
+        if create_once(path, text):
+            return
+        log.info("results store: %s was written meanwhile by another job; kept", path)
+        return
+    except (OSError, ValueError) as e:
+        why = f"unreadable ({e})"
+    if why is None:
+        log.info("results store already holds %s (one record per result key); kept as it is", path)
+        return
+    log.warning("results store: replacing %s: %s", path, why)
+    atomic_write(path, text)
 
 
 class CellCoords(BaseModel):
@@ -155,6 +196,7 @@ class CellRecord(BaseModel):
     timings: dict[str, float] = {}
     artifacts: dict[str, str] = {}
     artifact_events: list[dict[str, Any]] = []
+    digest: str = ""  # sha256 of the record's canonical JSON without this field (record_digest)
 
     @classmethod
     def start(cls, cfg: CellConfig) -> CellRecord:
@@ -178,12 +220,17 @@ class CellRecord(BaseModel):
             self.readapted = readapted
             self.delta = {k: round(readapted[k] - base[k], 6) for k in base if k in readapted}
 
-    def write(self, *paths: str | os.PathLike) -> None:
-        """The same JSON into every path (job folder, results store), each written atomically."""
+    def write(self, *paths: str | os.PathLike, once: str | os.PathLike | None = None) -> None:
+        """The same JSON, digest included, into every path (job folder), each written atomically, and into
+        ``once`` (the results store) only when it holds no intact record for that result key yet."""
         self.finished = time.time()
-        text = self.model_dump_json(indent=2) + "\n"
+        raw = json.loads(self.model_dump_json(exclude={"digest"}))
+        self.digest = raw["digest"] = record_digest(raw)
+        text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
         for path in paths:
             atomic_write(path, text)
+        if once is not None:
+            _write_once(Path(once), text)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> CellRecord:

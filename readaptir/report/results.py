@@ -4,7 +4,9 @@ Cells are written by :mod:`readaptir.grid.cell` to ``<results_dir>/<model>/<data
 and indexed here by (model, dataset, adapter, ablation, α, β, knowledge_scaling). The store keeps every
 variant of a cell (another ``train.lr``, ``search.top_k``, corpus ...); :class:`Results` picks the one whose
 ``variant`` (a hash of the settings) is what ``expect`` says the experiment's own config produces, the
-newest when several match, and says so in a warning whenever a cell has more than one. Dataset metadata
+newest when several match, and says so in a warning whenever a cell has more than one. Each record's digest
+is verified: one whose contents no longer match it (edited by hand, damaged) is skipped with a warning line
+naming the file. Dataset metadata
 (corpus size, which models saw it in training) comes from ``conf/dataset/**/*.yaml``, the same files the
 grid composes, so the zero-shot averages can never disagree with the configs.
 
@@ -25,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from readaptir.config import CONF_DIR
-from readaptir.grid.record import CellRecord
+from readaptir.grid.record import CellRecord, digest_problem
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,12 @@ def load_results(results_dir: str | os.PathLike, expect: Expect | None = None) -
         if not isinstance(record, Mapping):
             log.warning("skipping results file %s: not a JSON object", path)
             continue
+        why = digest_problem(record)
+        if why is not None and record.get("digest"):  # edited or damaged: its numbers are not the run's
+            log.warning("skipping results file %s: %s", path, why)
+            continue
+        if why is not None:
+            log.warning("results file %s: %s; shown unverified", path, why)
         cell = parse_record(record, str(path))
         if cell is not None:
             cells.append(cell)

@@ -5,18 +5,22 @@ A key hashes exactly the config that determines a product plus its parents' keys
 nothing, and a changed recipe can never be served a stale adapter. Hydra sweep folders are not a cache;
 this store is.
 
-A product is built in a temporary folder beside its final place (named with host and pid, so a later run
-on the same host removes a killed job's leftovers); its ``.done`` record goes in last and the folder is
-renamed into place. ``.done`` holds the manifest (:mod:`readaptir.store.manifest`: each file's size and
-block digests, a build id) and the build ids of the parents it was made from. A product whose files
-changed, or whose parent was rebuilt since, is rebuilt with one warning line, and so is everything made
-from it. Build locks (:mod:`readaptir.store.locks`, NFS-safe) make a second job wait, or give up at once.
+A product is built in a temporary folder beside its final place (named with host, PID namespace and pid,
+so a later run in the same namespace removes a killed job's leftovers); its ``.done`` record goes in last
+and the folder is renamed into place. ``.done`` holds its own key and kind, the manifest
+(:mod:`readaptir.store.manifest`: each file's size and block digests, a build id) and the build ids of the
+parents it was made from. A product whose record names another key (a folder copied under a key not its
+own), whose files changed, or whose parent was rebuilt since, is rebuilt with one warning line, and so is
+everything made from it. The files the keys were computed from are checked again before anything is
+published (:func:`readaptir.store.identity.changed_input`): one that changed meanwhile fails the build
+with one line naming it. Build locks (:mod:`readaptir.store.locks`, NFS-safe) make a second job wait.
 
     store = ArtifactStore("cache")
     key = make_key("adapter", {"corpus": "scifact", "r": 32}, parents=[tokens_key])
     path = store.build("adapter", key, lambda tmp: train_into(tmp))   # or reuses the finished copy
 """
 
+# size: one class holds the whole publish protocol (reuse checks, locks, temp folders, .done); split, it would scatter.
 from __future__ import annotations
 
 import hashlib
@@ -34,6 +38,7 @@ from typing import Any
 
 from readaptir.fs import HOST, atomic_write, cleaned_on_error, remove_dead_temps, remove_path, temp_sibling
 from readaptir.runtime import dist_state, distributed, is_main
+from readaptir.store.identity import InputChanged, changed_input
 from readaptir.store.locks import BuildLock, OnBusy, ProductBusy
 from readaptir.store.manifest import LINEAGE, Mode, lineage_problem, make_manifest, verify_manifest
 
@@ -85,6 +90,8 @@ class ArtifactStore:
     # key -> keys of the stored products it is made from (a cell's graph, grid/keys.py); their build ids
     # go into its manifest, so that rebuilding a parent invalidates everything made from the old one.
     parents: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # every file the keys were computed from (identity.watched_inputs), checked again before each publish
+    inputs: dict[str, tuple[tuple, str]] = field(default_factory=dict)
     _checked: dict[tuple[str, str], str | None] = field(default_factory=dict, repr=False)
     _warned: set[str] = field(default_factory=set, repr=False)
 
@@ -94,12 +101,10 @@ class ArtifactStore:
     def path(self, key: str) -> Path:
         return self.root / key.split("-", 1)[0] / key
 
-    def work_dir(self, key: str) -> Path:
-        """A stable scratch folder for a product being built (checkpoints survive a killed job here)."""
+    def work_dir(self, key: str) -> Path:  # stable scratch for a product being built (checkpoints)
         return self.root / "work" / key
 
-    def is_done(self, key: str) -> bool:
-        """Published (whether still intact is :meth:`valid`'s question)."""
+    def is_done(self, key: str) -> bool:  # published; whether intact is valid()'s question
         return (self.path(key) / DONE).is_file()
 
     def record(self, key: str) -> dict[str, Any] | None:
@@ -115,6 +120,8 @@ class ArtifactStore:
         done = self.record(key)
         if done is None:
             return "its .done record is unreadable"
+        if done.get("key") != key:
+            return f"its .done record belongs to {done.get('key')} (a folder copied under another key)"
         manifest = done.get("manifest") or {}
         seen = (key, str(manifest.get("build")))
         if seen not in self._checked:  # the content check reads the files: once per process and build
@@ -146,8 +153,7 @@ class ArtifactStore:
         dist.broadcast_object_list(decision, src=0)
         return bool(decision[0])
 
-    def discard_work(self, key: str) -> None:
-        """Remove a product's scratch folder (training checkpoints) once the product is published."""
+    def discard_work(self, key: str) -> None:  # training checkpoints, once the product is published
         if is_main():
             shutil.rmtree(self.work_dir(key), ignore_errors=True)
 
@@ -184,8 +190,7 @@ class ArtifactStore:
         return tmp
 
     def _reuse(self, kind: str, key: str) -> bool:
-        ok = self.valid(key)
-        if ok:
+        if ok := self.valid(key):
             self._record(kind, key, reused=True)
         return ok
 
@@ -275,7 +280,9 @@ class ArtifactStore:
         return final
 
     def _publish(self, kind: str, key: str, tmp: Path, meta: Mapping[str, Any] | None, t0: float) -> None:
-        """Write the manifest (files, parents' build ids) into ``tmp``, then rename it into place."""
+        """Check the inputs again, write the manifest (files, parents' build ids), rename into place."""
+        if why := changed_input(self.inputs):
+            raise InputChanged(why)
         final = self.path(key)
         manifest = {**make_manifest(tmp), "build": uuid.uuid4().hex}
         parents = {}

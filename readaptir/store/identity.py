@@ -9,6 +9,11 @@ and inode in the cache, since the data or model folder may be read-only).
 Moving the cache or a data folder therefore invalidates nothing, while a changed weight file, tokenizer or
 corpus, even one byte in the middle, gets new artifacts. An input that is not on disk (plan mode before a
 download) has the identity ``"unknown"``.
+
+Keys are computed once, before a cell runs; an input rewritten while it runs would leave products made
+from other bytes under the original key. So a cell notes every file identified while its keys are computed
+(:func:`watched_inputs`) and the store checks them again before it publishes anything
+(:func:`changed_input`): a stat each, a new hash only when a file's stamp moved.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import xxhash
 from tqdm.auto import tqdm
 
+from readaptir.errors import UserError
 from readaptir.fs import atomic_write
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,48 @@ def is_hub_id(ref: str | os.PathLike) -> bool:
 
 HASH_CHUNK = 16 << 20
 _REMEMBERED: dict[tuple, str] = {}  # this process's identities, by (path, size, mtime, ctime, inode)
+_WATCHES: list[dict[str, tuple[tuple, str]]] = []  # open watched_inputs(): path -> (stamp, identity)
+
+
+class InputChanged(UserError):
+    """A file a cell's keys were computed from changed before a product made from it was published."""
+
+
+@contextmanager
+def watched_inputs() -> Iterator[dict[str, tuple[tuple, str]]]:
+    """Collect every file :func:`content_identity` identifies inside the block, with its stamp and identity
+    (the first seen wins): what :func:`changed_input` checks again before a product is published."""
+    seen: dict[str, tuple[tuple, str]] = {}
+    _WATCHES.append(seen)
+    try:
+        yield seen
+    finally:
+        _WATCHES.remove(seen)
+
+
+def changed_input(
+    seen: dict[str, tuple[tuple, str]], memo_dir: str | os.PathLike | None = None
+) -> str | None:
+    """None when every file in ``seen`` is as it was identified; else one line naming the first that is not.
+
+    An unchanged stamp (path, size, mtime, ctime, inode) costs a stat. A moved stamp fails even when the
+    contents hash as before: the file was rewritten and restored, and what was read in between is unknown."""
+    for path, (stamp, identity) in seen.items():
+        try:
+            now = _stamp(Path(path))
+        except OSError:
+            now = None
+        if now == stamp:
+            continue
+        if now is None:
+            what = "is gone"
+        elif content_identity(path, memo_dir) != identity:
+            what = "has other contents now"
+        else:
+            what = "was rewritten; its contents are back, but what was read meanwhile is unknown"
+        return (f"{path} changed while this cell ran ({what}); nothing made from it was published: leave "
+                "inputs alone while cells run, then run the cell again")  # fmt: skip
+    return None
 
 
 def _stamp(path: Path) -> tuple:
@@ -113,6 +163,13 @@ def content_identity(path: str | os.PathLike, memo_dir: str | os.PathLike | None
     if not path.is_file():  # plan mode before a download: distinct per dataset, never equal to real data
         return f"{UNKNOWN}:{path.parent.name}/{path.name}"
     stamp = _stamp(path)
+    identity = _identity(path, stamp, memo_dir)
+    for seen in _WATCHES:
+        seen.setdefault(stamp[0], (stamp, identity))
+    return identity
+
+
+def _identity(path: Path, stamp: tuple, memo_dir: str | os.PathLike | None) -> str:
     if stamp in _REMEMBERED:
         return _REMEMBERED[stamp]
     memo = None
@@ -135,6 +192,28 @@ def content_identity(path: str | os.PathLike, memo_dir: str | os.PathLike | None
         except OSError as e:  # a read-only cache (plan mode on a login node): hash again next time
             log.debug("cannot remember the identity of %s in %s: %s", path, memo, e)
     return identity
+
+
+def count_lines(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> int:
+    """Non-blank lines of a data file (a corpus's passages), counted once per content and remembered in
+    ``memo_dir`` under its identity: a figure read from the data, never from a setting."""
+    identity = content_identity(path, memo_dir)
+    memo = None if memo_dir is None else Path(memo_dir) / f"lines-{identity.replace(':', '-')}.json"
+    if memo is not None:
+        try:
+            return int(json.loads(memo.read_text())["lines"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            n += bool(line.strip())
+    if memo is not None:
+        try:
+            atomic_write(memo, json.dumps({"lines": n}))
+        except OSError:
+            pass  # a read-only cache: counted again next time
+    return n
 
 
 def model_identity(ref: str | os.PathLike | None, memo_dir: str | os.PathLike | None = None) -> str | None:
