@@ -264,6 +264,7 @@ def test_finished_cell_run_summary_equals_results_json(tmp_path):
 
 @pytest.mark.slow
 def test_baseline_run_has_no_adapter_coordinates(tmp_path, monkeypatch):
+    import json
     import shutil
 
     from readaptir.grid.cell import run_cell
@@ -277,6 +278,12 @@ def test_baseline_run_has_no_adapter_coordinates(tmp_path, monkeypatch):
     assert run["config"]["model"] == "bm25" and run["config"]["readapt"] is False
     assert not {"adapter", "ablation", "alpha", "beta", "recipe"} & set(run["config"])
     assert run["name"] == "bm25/scifact/baseline" and run["summary"]["status"] == "done"
+    # the stored record has no coordinates it does not have either, and sits in a `baseline` folder
+    (stored,) = (tmp_path / "c" / "results" / "bm25" / "scifact" / "baseline").glob("*.json")
+    cell = json.loads(stored.read_text())["cell"]
+    assert cell["model"] == "bm25" and not any(
+        cell[k] is not None for k in ("adapter", "ablation", "alpha", "beta")
+    )
 
 
 @pytest.mark.slow
