@@ -6,9 +6,15 @@ an API change) is caught, logged once as a warning, and the tracker becomes a no
 the run.
 
 Backends (``tracking.backend``): ``auto`` = W&B when the ``wandb`` package is installed (the ``wandb``
-extra), else none; ``wandb`` requires it; ``none``. Modes (``tracking.mode`` in ``conf/config.yaml``): ``auto`` = online when ``WANDB_API_KEY`` is set,
-else offline (runs are written under ``tracking.dir`` and can be uploaded later with
-``wandb sync <dir>/wandb/offline-run-*``); ``online``; ``offline``. An online start that fails (no network) falls back to offline once.
+extra), else none; ``wandb`` requires it; ``none``. Modes (``tracking.mode`` in ``conf/config.yaml``): ``auto``
+leaves the choice to wandb as it documents it (``WANDB_MODE``, then the credentials of ``wandb login`` or
+``WANDB_API_KEY``: online); ``online``, ``offline`` and ``disabled`` force one. Where wandb finds no
+credentials (or no network) the run is kept offline instead (``wandb sync <dir>/wandb/offline-run-*``
+uploads it later); a disabled mode writes nothing at all.
+
+One run per result: the caller passes a ``run_id`` derived from the product's key (the cell's result key), so
+a rerun resumes the same run instead of adding one, and an offline run already written for that id is not
+written twice.
 
     tracker = start_tracker(cfg.tracking, {"model": "repllama", "dataset": "scifact"}, name="...",
                             group="table1", job_type="train")
@@ -21,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,14 +46,29 @@ _QUIET_ENV = {
 }
 
 
-def resolve_mode(mode: str | None) -> str:
-    """``auto`` → online when WANDB_API_KEY is set, else offline; online/offline/disabled pass through."""
+def resolve_mode(mode: str | None) -> str | None:
+    """The mode to hand to ``wandb.init``: ``None`` for ``auto`` (wandb reads ``WANDB_MODE`` and its login),
+    else the forced one."""
     mode = (mode or "auto").lower()
-    if mode == "auto":
-        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    if mode not in ("online", "offline", "disabled"):
+    if mode not in ("auto", "online", "offline", "disabled"):
         raise ValueError(f"tracking.mode={mode!r}: use auto, online, offline or disabled")
-    return mode
+    return None if mode == "auto" else mode
+
+
+def disabled(mode: str | None) -> bool:
+    """Whether this run must write nothing: ``tracking.mode=disabled``, or, under ``auto``, wandb's own
+    ``WANDB_MODE=disabled`` (and its older spelling ``WANDB_DISABLED=true``)."""
+    forced = resolve_mode(mode)
+    if forced is not None:
+        return forced == "disabled"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    return env == "disabled" or os.environ.get("WANDB_DISABLED", "").strip().lower() in ("true", "1", "yes")
+
+
+def run_id(key: str) -> str:
+    """A W&B run id from a product key (``result-<16 hex>`` → ``result-<16 hex>``): ids allow letters,
+    digits, ``-`` and ``_`` only, so anything else becomes ``-``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", key)[:64]
 
 
 class Tracker:
@@ -98,9 +120,23 @@ class Tracker:
         group: str | None = None,
         job_type: str | None = None,
         tags: Sequence[str] | None = None,
+        run_id: str | None = None,
+        once: bool = False,
     ) -> Tracker:
-        """Open the run with a flat ``config`` dict (cell coordinates, recipe). Returns self."""
+        """Open the run with a flat ``config`` dict (cell coordinates, recipe). Returns self.
+
+        ``run_id`` (see :func:`run_id`) makes the run one per product: W&B resumes it on a rerun. With
+        ``once`` (the product is finished already), an offline run of that id already in ``dir`` is not
+        written again: the tracker stays off."""
         if not self.enabled or self._failed:
+            return self
+        if disabled(self.mode):  # nothing at all: no folder, no run files
+            self.enabled = False
+            return self
+        if once and run_id is not None and self._offline_copy(run_id) is not None:
+            log.info("W&B run %s is already written offline in %s; not logging it again",
+                     run_id, self._offline_copy(run_id))  # fmt: skip
+            self.enabled = False
             return self
         for k, v in _QUIET_ENV.items():
             os.environ.setdefault(k, v)
@@ -116,10 +152,12 @@ class Tracker:
                 name=name,
                 group=group,
                 job_type=job_type,
-                tags=list(tags) if tags else None,
+                tags=[t[:64] for t in tags] if tags else None,
                 config=dict(config),
                 dir=str(self.dir) if self.dir is not None else None,
                 reinit="create_new",
+                id=run_id,
+                resume="allow" if run_id is not None else None,
             )
             settings = dict(
                 silent=True,
@@ -132,15 +170,22 @@ class Tracker:
             try:
                 self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
             except Exception as e:  # noqa: BLE001
-                if mode != "online":
+                if mode == "offline":
                     raise
-                # No network / bad key: keep the run locally instead of losing it.
-                log.warning("W&B online start failed (%s); logging offline instead", e)
+                # No credentials, no network, a bad key: keep the run locally instead of losing it.
+                log.warning("W&B online start failed (%s); logging offline instead", " ".join(str(e).split()))
+                kwargs["resume"] = None  # offline runs are merged by id when synced
                 self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
-            log.info("W&B run %s (%s) in %s", getattr(self.run, "id", "?"), mode, self.dir or "./wandb")
+            where = self.dir or "./wandb"
+            log.info("W&B run %s (%s) in %s", getattr(self.run, "id", "?"), _run_mode(self.run), where)
         except Exception as e:  # noqa: BLE001
             self._fail("start", e)
         return self
+
+    def _offline_copy(self, run_id: str) -> Path | None:
+        """An offline run folder of ``run_id`` already under ``dir`` (W&B names them ``offline-run-<time>-<id>``)."""
+        root = (self.dir if self.dir is not None else Path.cwd()) / "wandb"
+        return next(iter(sorted(root.glob(f"offline-run-*-{run_id}"))), None)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if not self.active:
@@ -170,14 +215,22 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             self._fail("table", e)
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run; a non-zero ``exit_code`` marks it failed in W&B."""
         if not self.active:
             return
         run, self.run = self.run, None
         try:
-            run.finish()
+            run.finish(exit_code=exit_code)
         except Exception as e:  # noqa: BLE001
             self._fail("finish", e)
+
+
+def _run_mode(run: Any) -> str:
+    try:
+        return "offline" if run.settings._offline else "online"
+    except Exception:  # noqa: BLE001 - only for the log line
+        return "?"
 
 
 def start_tracker(
@@ -187,6 +240,8 @@ def start_tracker(
     group: str | None,
     job_type: str,
     tags: Sequence[str] | None = None,
+    run_id: str | None = None,
+    once: bool = False,
 ) -> Tracker:
     """Build and start a :class:`Tracker` from the ``tracking:`` settings (backend auto | wandb | none)."""
     s = typed(TrackingSettings, settings if settings is not None else {"backend": "none"})
@@ -198,4 +253,6 @@ def start_tracker(
         )
     enabled = s.backend == "wandb" or (s.backend == "auto" and installed)
     tracker = Tracker(enabled=enabled, project=s.project, entity=s.entity, mode=s.mode, dir=s.dir)
-    return tracker.start(config, name=name, group=group, job_type=job_type, tags=tags)
+    return tracker.start(
+        config, name=name, group=group, job_type=job_type, tags=tags, run_id=run_id, once=once
+    )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from readaptir.data.beir import RESOURCES
 from readaptir.grid.keys import tokens_key
 from readaptir.store.artifacts import ArtifactStore
-from readaptir.tracking import resolve_mode, start_tracker
+from readaptir.tracking import resolve_mode, run_id, start_tracker
 from readaptir.train.knowledge import train_knowledge_adapter
 from readaptir.train.tokens import ensure_token_cache
 
@@ -38,12 +40,63 @@ def no_key(monkeypatch):
     torch.set_num_threads(n)
 
 
-def test_resolve_mode(monkeypatch):
-    assert resolve_mode("auto") == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert resolve_mode("auto") == "online" and resolve_mode("offline") == "offline"
+def test_resolve_mode_leaves_auto_to_wandb(monkeypatch):
+    """``auto`` hands wandb no mode, so WANDB_MODE and `wandb login` decide as wandb documents them (a key in
+    the environment is not required for an online run)."""
+    assert resolve_mode("auto") is None and resolve_mode(None) is None
+    assert resolve_mode("offline") == "offline" and resolve_mode("online") == "online"
     with pytest.raises(ValueError, match="tracking.mode"):
         resolve_mode("sometimes")
+
+
+def test_auto_mode_passes_no_mode_and_falls_back_offline(tmp_path, monkeypatch):
+    import wandb
+
+    calls = []
+
+    class Run:
+        id, summary = "r", {}
+
+        def finish(self, *a, **k):
+            pass
+
+    def init(*a, **k):
+        calls.append(k)
+        if len(calls) == 1:
+            raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+        return Run()
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    t = start_tracker(
+        {"backend": "wandb", "dir": str(tmp_path / "wb")}, CELL, "n", None, "cell", run_id="result-1"
+    )
+    assert t.active and calls[0]["mode"] is None  # wandb decides (its login, WANDB_MODE)
+    assert calls[0]["id"] == "result-1" and calls[0]["resume"] == "allow"
+    assert calls[1]["mode"] == "offline"  # no credentials: kept locally instead of lost
+    t.finish()
+
+
+@pytest.mark.parametrize("how", [{"WANDB_MODE": "disabled"}, {"WANDB_DISABLED": "true"}, "setting"])
+def test_disabled_writes_nothing(tmp_path, monkeypatch, how):
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: pytest.fail("wandb.init called while disabled"))
+    settings = {"backend": "wandb", "mode": "auto", "dir": str(tmp_path / "wb")}
+    if how == "setting":
+        settings["mode"] = "disabled"
+    else:
+        for k, v in how.items():
+            monkeypatch.setenv(k, v)
+    t = start_tracker(settings, CELL, "n", None, "cell", run_id="result-1")
+    t.log({"a": 1})
+    t.finish()
+    assert not t.active and not (tmp_path / "wb").exists()
+
+
+def test_run_id_is_a_valid_wandb_id():
+    assert run_id("result-0123456789abcdef") == "result-0123456789abcdef"
+    assert run_id("a/b:c d") == "a-b-c-d" and len(run_id("x" * 200)) == 64
 
 
 def test_backend_none_is_a_noop(tmp_path):
@@ -188,7 +241,11 @@ def test_finished_cell_run_summary_equals_results_json(tmp_path):
                        "search.top_k=50")  # fmt: skip
     run_cell(cfg, tmp_path / "job")
     res = json.loads((tmp_path / "job" / "results.json").read_text())
+    run_cell(cfg, tmp_path / "job2")  # a rerun of the finished cell: everything reused, no second run
     run = _offline_run(tmp_path / "wb")
+    assert run["run_id"] == res["artifacts"]["result"]  # one run per result
+    assert {"experiment:none", f"variant:{res['variant']}", "stage:all", "demo"} <= set(run["tags"])
+    assert run["config"]["result_key"] == res["artifacts"]["result"]
     summary, config = run["summary"], run["config"]
     assert run["state"] == "finished" and res["train"]["steps"] > 3  # several log windows
     for k, v in res["train"].items():
@@ -207,6 +264,7 @@ def test_finished_cell_run_summary_equals_results_json(tmp_path):
 
 @pytest.mark.slow
 def test_baseline_run_has_no_adapter_coordinates(tmp_path, monkeypatch):
+    import json
     import shutil
 
     from readaptir.grid.cell import run_cell
@@ -220,3 +278,73 @@ def test_baseline_run_has_no_adapter_coordinates(tmp_path, monkeypatch):
     assert run["config"]["model"] == "bm25" and run["config"]["readapt"] is False
     assert not {"adapter", "ablation", "alpha", "beta", "recipe"} & set(run["config"])
     assert run["name"] == "bm25/scifact/baseline" and run["summary"]["status"] == "done"
+    # the stored record has no coordinates it does not have either, and sits in a `baseline` folder
+    (stored,) = (tmp_path / "c" / "results" / "bm25" / "scifact" / "baseline").glob("*.json")
+    cell = json.loads(stored.read_text())["cell"]
+    assert cell["model"] == "bm25" and not any(
+        cell[k] is not None for k in ("adapter", "ablation", "alpha", "beta")
+    )
+
+
+@pytest.mark.slow
+def test_failed_cell_logs_its_status(tmp_path, monkeypatch):
+    import shutil
+
+    from readaptir.grid import stages
+    from readaptir.grid.cell import run_cell
+
+    data = tmp_path / "data"
+    shutil.copytree(RESOURCES / "toy", data / "scifact")
+
+    def broken(*a, **k):
+        raise RuntimeError("scoring exploded")
+
+    monkeypatch.setattr(stages, "score", broken)
+    cfg = _cell_config("model=bm25", "dataset=scifact", f"paths.data_dir={data}", f"paths.cache_dir={tmp_path / 'c'}",
+                       "tracking.mode=offline", f"tracking.dir={tmp_path / 'wb'}")  # fmt: skip
+    with pytest.raises(RuntimeError):
+        run_cell(cfg, tmp_path / "job")
+    run = _offline_run(tmp_path / "wb")
+    assert run["state"] == "failed" and run["summary"]["status"] == "failed"
+    assert "scoring exploded" in run["summary"]["reason"]
+
+
+def test_not_applicable_cell_logs_its_status_once(tmp_path):
+    from readaptir.grid.cell import run_cell
+
+    cfg = _cell_config("adapter=msmarco", "ablation=with", f"paths.cache_dir={tmp_path / 'c'}",
+                       "tracking.mode=offline", f"tracking.dir={tmp_path / 'wb'}")  # fmt: skip
+    assert run_cell(cfg, tmp_path / "job").status == "not_applicable"
+    run_cell(cfg, tmp_path / "job2")
+    run = _offline_run(tmp_path / "wb")  # one run, also after the rerun
+    assert run["summary"]["status"] == "not_applicable" and run["summary"]["reason"]
+
+
+def test_report_wandb_logs_records_and_tables_once(tmp_path, monkeypatch):
+    """`python -m readaptir.report wandb`: the records the tables read and Tables 1-3, one run per store state."""
+    import json
+
+    from readaptir.report.render import main
+    from readaptir.report.results import load_results
+
+    fixtures = Path(__file__).parent / "fixtures" / "results"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [
+        "wandb",
+        "--results-dir",
+        str(fixtures),
+        "--wandb-dir",
+        str(tmp_path / "wb"),
+        "--models",
+        "repllama,e5-mistral",
+    ]
+    assert main(args) == 0
+    assert main(args) == 0  # the same store again: no second run
+    run = _offline_run(tmp_path / "wb")
+    summary = run["summary"]
+    assert summary["records"]["nrows"] == len(list(load_results(fixtures))) > 0
+    assert {"table1", "table2", "table3"} <= set(summary) and run["tags"] == ["report"]
+    files = {p.name.split("_")[0]: p for p in (tmp_path / "wb" / "wandb").rglob("*.table.json")}
+    records = json.loads(files["records"].read_text())
+    assert records["columns"][:4] == ["model", "dataset", "adapter", "ablation"]
+    assert {r[0] for r in records["data"]} <= {"repllama", "e5-mistral", "bm25", "minilm"}

@@ -27,10 +27,10 @@ from readaptir.grid.record import CellRecord, failure_reason
 from readaptir.logs import ProgressLog, quiet_libraries, timed
 from readaptir.models.hub import resolve_models
 from readaptir.runtime import Runtime, dist_state, distributed, is_main
-from readaptir.store.artifacts import ArtifactStore
+from readaptir.store.artifacts import ArtifactStore, make_key
 from readaptir.store.identity import count_lines, watched_inputs
 from readaptir.store.locks import ProductBusy
-from readaptir.tracking import Tracker, start_tracker
+from readaptir.tracking import Tracker, run_id, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,17 @@ def run_cell(cfg: CellConfig, out_dir: Path) -> CellRecord:
         raise
 
 
+def experiment_name() -> str | None:
+    """The Hydra ``experiment`` choice of this run (``table2``, ``mini-cpu`` ...), None outside an experiment."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("experiment")
+    except Exception:  # noqa: BLE001 - run() called outside a Hydra app (tests, notebooks)
+        return None
+    return None if choice in (None, "null", "none") else str(choice)
+
+
 def _already_failed(path: Path) -> bool:
     try:
         return json.loads(path.read_text()).get("status") == "failed"
@@ -130,6 +141,11 @@ def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRec
         record.status, record.reason = "not_applicable", inputs.subset.reason
         record.write(job_results)
         log.info("Cell %s not applicable: %s", record.cell.name, record.reason)
+        if is_main():  # its own run (no result key: one id per cell and settings), so sweeps show the hole
+            key = make_key("cell", {"cell": record.cell.model_dump(), "variant": record.variant})
+            tracker = _tracker(cfg, record, None, key, once=True)
+            tracker.summary({"status": record.status, "reason": record.reason})
+            tracker.finish()
         return record
     timings = record.timings
     with timed(timings, "prepare"):
@@ -151,8 +167,9 @@ def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRec
         data = stages.EvalData.load(inputs.eval_root, cfg.dataset.split)
     store = open_store(cfg, products, keys)
     store.inputs = files
-    tracker = _tracker(cfg, record, runtime)
     results_path = record.cell.store_path(cfg.paths.results_dir, keys["result"])
+    tracker = _tracker(cfg, record, runtime, keys["result"], once=results_path.is_file())
+    failed = True
     try:
         if "retriever" in keys:
             with timed(timings, "train_retriever"):
@@ -182,8 +199,14 @@ def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRec
         if runtime.main:
             record.write(job_results, once=results_path)
             _track_results(tracker, record)
+        failed = False
+    except Exception as e:  # the run says how the cell ended: waiting for another job's build, or failed
+        waiting = isinstance(e, ProductBusy)
+        tracker.summary({"status": "waiting" if waiting else "failed",
+                         "reason": str(e) if waiting else failure_reason(e)})  # fmt: skip
+        raise
     finally:
-        tracker.finish()
+        tracker.finish(exit_code=1 if failed else 0)
     if runtime.main:
         log.info("Cell finished:\n%s", record.summary(results_path))  # the terminal and run.log
         if cfg.readapt.push_to_hub and "readapted" in keys:  # opt-in, after the results are safe
@@ -222,11 +245,15 @@ def _shared_stage(
     return record
 
 
-def _tracker(cfg: CellConfig, record: CellRecord, runtime: Runtime) -> Tracker:
-    """One W&B run per cell (main process only), its config flat so dashboards can group by any coordinate.
+def _tracker(
+    cfg: CellConfig, record: CellRecord, runtime: Runtime | None, key: str, once: bool = False
+) -> Tracker:
+    """One W&B run per result (main process only), its config flat so dashboards can group by any coordinate.
 
-    A baseline (RE-Adapt does not apply) carries no adapter/ablation/α coordinates, so ablation filters
-    never pick it up; groups hold every coordinate of the cell, α and β included.
+    The run id is the result key, so a rerun resumes that run instead of adding one. Tags say the
+    experiment (``experiment:table2``), the variant and the stage, so a dashboard filters Table 2's runs or
+    one ``train.lr`` variant. A baseline (RE-Adapt does not apply) carries no adapter/ablation/α
+    coordinates, so ablation filters never pick it up; groups hold every coordinate of the cell.
     """
     c = record.cell
     coords = c.model_dump() if record.readapt else {"model": c.model, "dataset": c.dataset}
@@ -234,17 +261,26 @@ def _tracker(cfg: CellConfig, record: CellRecord, runtime: Runtime) -> Tracker:
         **coords, "demo": record.demo, "corpus_size": record.corpus_size, "zero_shot": record.zero_shot,
         "readapt": record.readapt, "seed": record.seed, "run_seed": cfg.run.seed,
         "git_commit": record.git_commit, "versions": record.versions,
-        "model_spec": cfg.model.model_dump(exclude_none=True),
+        "model_spec": cfg.model.model_dump(exclude_none=True), "result_key": key, "variant": record.variant,
+        "experiment": experiment_name(), "stage": cfg.run.stage,
     }  # fmt: skip
     if record.readapt:
         config.update(adapter_corpus=cfg.adapter.corpus, recipe=cfg.adapter.model_dump(),
                       train=cfg.train.model_dump(), readapt_settings=cfg.readapt.model_dump())  # fmt: skip
+    tags = [
+        f"experiment:{experiment_name() or 'none'}",
+        f"variant:{record.variant}",
+        f"stage:{cfg.run.stage}",
+    ]
     return start_tracker(
-        cfg.tracking if runtime.main else None,
+        cfg.tracking if runtime is None or runtime.main else None,
         config,
         name=f"{c.model}/{c.dataset}/{c.name if record.readapt else 'baseline'}",
         group=f"{c.model}/{c.name if record.readapt else 'baseline'}",
         job_type="cell" if record.readapt else "baseline",
+        tags=tags + (["demo"] if record.demo else []),
+        run_id=run_id(key if cfg.run.stage == "all" else f"{key}-{cfg.run.stage}"),
+        once=once,
     )
 
 

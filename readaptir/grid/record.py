@@ -118,20 +118,23 @@ def _write_once(path: Path, text: str) -> None:
 
 
 class CellCoords(BaseModel):
-    """Where a cell sits in the grid."""
+    """Where a cell sits in the grid. A baseline (RE-Adapt does not apply: BM25, MiniLM) has a model and a
+    dataset only: no adapter, ablation, α, β or scaling (None), and its store folder is ``baseline``."""
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
     model: str
     dataset: str
-    adapter: str
-    ablation: str
-    alpha: float | Literal["auto"]
-    beta: float
-    knowledge_scaling: str = "delta"
+    adapter: str | None = None
+    ablation: str | None = None
+    alpha: float | Literal["auto"] | None = None
+    beta: float | None = None
+    knowledge_scaling: str | None = None
 
     @classmethod
     def of(cls, cfg: CellConfig) -> CellCoords:
+        if not cfg.model.readapt:
+            return cls(model=cfg.model.name, dataset=cfg.dataset.name)
         return cls(
             model=cfg.model.name,
             dataset=cfg.dataset.name,
@@ -144,10 +147,12 @@ class CellCoords(BaseModel):
 
     @property
     def alpha_text(self) -> str:
-        return self.alpha if isinstance(self.alpha, str) else f"{self.alpha:g}"
+        return self.alpha if isinstance(self.alpha, str) else "" if self.alpha is None else f"{self.alpha:g}"
 
     @property
     def name(self) -> str:
+        if self.adapter is None:
+            return "baseline"
         return f"{self.adapter}-{self.ablation}-a{self.alpha_text}-b{self.beta:g}-{self.knowledge_scaling}"
 
     def store_path(self, results_dir: str | os.PathLike, result_key: str) -> Path:

@@ -28,7 +28,7 @@ from readaptir.retrieval.runs import RUN_FILE, read_run, write_run
 from readaptir.runtime import Runtime, is_main
 from readaptir.store.artifacts import ArtifactStore
 from readaptir.store.finite import check_finite_safetensors, check_finite_tensors
-from readaptir.tracking import Tracker, start_tracker
+from readaptir.tracking import Tracker, run_id, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def train_retriever(
     def build(tmp: Path) -> None:
         tracker = start_tracker(cfg.tracking if runtime.main else None,
                                 {"model": m.name, "dataset": t.dataset, "recipe": t.model_dump()},
-                                name=f"{m.name}/retriever", group=f"{m.name}/retriever", job_type="retriever")  # fmt: skip
+                                name=f"{m.name}/retriever", group=f"{m.name}/retriever", job_type="retriever",
+                                tags=["stage:retriever"], run_id=run_id(key))  # fmt: skip
         base_ref = hub_id(m.pretrained) or str(m.pretrained)  # PEFT's base_model_name_or_path: no @revision
         try:
             train(folders.pretrained, base_ref, dataset_dir(t.dataset, cfg.paths.data_dir), m, t, tmp,

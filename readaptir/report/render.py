@@ -5,6 +5,7 @@
         --models tiny-llama,tiny-mistral --datasets toy
     python -m readaptir.report {table1,table2,table3,figure2,alpha} ... [--alpha 0.5 --beta 1.0 --scaling delta]
     python -m readaptir.report mini --results-dir cache/results --out experiments/mini --models smollm2
+    python -m readaptir.report wandb --results-dir cache/results   # records + Tables 1-3 as one W&B run
     python -m readaptir.report table1 ... --override train.batching=packed   # the sweep's own overrides
 
 Each cell shows the stored variant that the experiment's config (``--experiment``, default: the table's
@@ -110,9 +111,10 @@ def _csv_list(text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m readaptir.report", description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=TABLES)
+    parser.add_argument("table", choices=(*TABLES, "wandb"))
     parser.add_argument("--results-dir", required=True, help="results store (e.g. cache/results)")
-    parser.add_argument("--out", required=True, help="output folder (e.g. experiments/table1)")
+    parser.add_argument("--out", help="output folder (e.g. experiments/table1); not for wandb")
+    parser.add_argument("--wandb-dir", default=None, help="wandb: where offline runs are written")
     parser.add_argument("--models", type=_csv_list, default=list(paper.MODELS), help="comma-separated")
     parser.add_argument(
         "--datasets", type=_csv_list, default=None, help="comma-separated (default: the paper's)"
@@ -142,10 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment = args.experiment or (args.table if own else "none")
     expect = (
         None
-        if args.any_variant
+        if args.any_variant or (args.table == "wandb" and args.experiment is None)
         else expected_variants(None if experiment == "none" else experiment, args.override)
     )
     results = load_results(args.results_dir, expect)
+    if args.table == "wandb":
+        from readaptir.report.wandb_report import publish
+
+        rid = publish(results, {"dir": args.wandb_dir}, args.models, meta, sel)
+        print(
+            f"W&B run {rid}" if rid else "W&B: nothing logged (wandb disabled, or these records are logged)"
+        )
+        return 0
+    if args.out is None:
+        parser.error("--out is required for tables and figures")
     md = render(args.table, results, args.out, args.models, args.datasets, sel, meta, args.baselines)
     sys.stdout.write(md)
     log.info("wrote %s outputs to %s", args.table, args.out)

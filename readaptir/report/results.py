@@ -94,9 +94,9 @@ class CellResult:
 
 
 def _key(model: str, dataset: str, adapter: str, ablation: str, alpha: float, beta: float, scaling: str):
-    # Round α/β so 0.5 parsed from "0.5" and from 0.50000000001 meet in the index.
-    a = alpha if isinstance(alpha, str) else round(float(alpha), 6)
-    return (model, dataset, adapter, ablation, a, round(float(beta), 6), scaling)
+    # Round α/β so 0.5 parsed from "0.5" and from 0.50000000001 meet in the index (None: a baseline).
+    a = alpha if isinstance(alpha, str) or alpha is None else round(float(alpha), 6)
+    return (model, dataset, adapter, ablation, a, None if beta is None else round(float(beta), 6), scaling)
 
 
 # coordinates → the variant the experiment's config produces there (None: no preference)
