@@ -129,12 +129,12 @@ class CellCoords(BaseModel):
     ablation: str | None = None
     alpha: float | Literal["auto"] | None = None
     beta: float | None = None
-    knowledge_scaling: str | None = None
+    knowledge_scaling: str | None = "delta"  # older records omit it: they all used delta
 
     @classmethod
     def of(cls, cfg: CellConfig) -> CellCoords:
         if not cfg.model.readapt:
-            return cls(model=cfg.model.name, dataset=cfg.dataset.name)
+            return cls(model=cfg.model.name, dataset=cfg.dataset.name, knowledge_scaling=None)
         return cls(
             model=cfg.model.name,
             dataset=cfg.dataset.name,
