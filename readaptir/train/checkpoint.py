@@ -172,7 +172,7 @@ def read_checkpoint(path: Path, rank: int, fingerprint: str) -> tuple[dict, dict
     adapter = load_file(str(path / "adapter.safetensors"), device="cpu")
     for what, tensors in (("adapter", adapter), ("optimizer", _optimizer_tensors(state["optimizer"]))):
         if bad := _non_finite(tensors):
-            raise CheckpointRejected(f"{what} tensor {bad} holds NaN or infinite values (a diverged run)")
+            raise CheckpointRejected(f"{what} tensor {bad} holds NaN or infinite values")
     return state, adapter, load_state(path, f"rng-{rank}")
 
 
@@ -207,14 +207,14 @@ def resume_checkpoint(
             raise
         except Exception as e:  # noqa: BLE001 - damaged bytes make safetensors/JSON raise almost anything
             why = str(e) if isinstance(e, CheckpointRejected) else f"{type(e).__name__}: {e}"
-            skipped.append(f"{path.name} ({why})")
+            skipped.append(f"{path.name}: {why}")
             continue
         if skipped:
-            log.warning("Checkpoint %s not resumed; resuming from %s", "; ".join(skipped), path)
+            log.warning("Skipped checkpoint %s; resuming from %s", "; ".join(skipped), path)
         return path, state
     if skipped:
         log.warning(
-            "No usable checkpoint in %s: %s not resumed; training starts from step 0", work_dir,
+            "No usable checkpoint in %s (skipped %s); training starts from step 0", work_dir,
             "; ".join(skipped),
         )  # fmt: skip
     return None, None
