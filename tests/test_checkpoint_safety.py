@@ -189,3 +189,27 @@ def test_a_nan_newest_checkpoint_falls_back_to_the_one_before(
     stats, warnings, adapter = _resume(tiny_llama, toy_cache, work, caplog)
     assert stats["resumed_from_step"] == 2 and _same(adapter, reference)
     assert len(warnings) == 1 and first in warnings[0] and "good" not in warnings[0]
+
+
+def test_adapter_bin_is_read_as_tensors_only_and_safetensors_win(tmp_path):
+    from readaptir.readapt.weights import ADAPTER_CONFIG, ReadaptError, load_adapter, read_json
+
+    folder, marker = tmp_path / "adapter", tmp_path / "ran"
+    folder.mkdir()
+    (folder / ADAPTER_CONFIG).write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    for torch_format in (True, False):  # a planted .bin, torch.save format or a bare pickle
+        (folder / "adapter_model.bin").write_bytes(payload_bytes(marker, torch_format))
+        with pytest.raises(ReadaptError, match=r"adapter_model.bin cannot be read.*delete"):
+            load_adapter(folder)
+        assert not marker.exists()
+    tensors = {"a.lora_A.weight": torch.ones(2, 3)}
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config, got = load_adapter(folder)  # the .bin beside it is not read at all
+    assert config["r"] == 2 and torch.equal(got["a.lora_A.weight"], tensors["a.lora_A.weight"])
+    torch.save(tensors, folder / "adapter_model.bin")
+    (folder / "adapter_model.safetensors").unlink()
+    assert torch.equal(load_adapter(folder)[1]["a.lora_A.weight"], tensors["a.lora_A.weight"])
+    (folder / ADAPTER_CONFIG).write_bytes(payload_bytes(marker))
+    with pytest.raises(ReadaptError, match=r"adapter_config.json cannot be read"):
+        read_json(folder / ADAPTER_CONFIG)
+    assert not marker.exists()
