@@ -213,3 +213,28 @@ def test_adapter_bin_is_read_as_tensors_only_and_safetensors_win(tmp_path):
     with pytest.raises(ReadaptError, match=r"adapter_config.json cannot be read"):
         read_json(folder / ADAPTER_CONFIG)
     assert not marker.exists()
+
+
+def test_state_codec_round_trips_rng_and_optimizer_states_exactly(tmp_path):
+    import random
+
+    import numpy as np
+
+    from readaptir.train.state_codec import StateFormatError, load_state, save_state
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    random.random(), np.random.normal(), torch.rand(1)  # a cached gaussian in numpy's state
+    moments = torch.randn(3, 2)
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "optimizer": {"state": {0: {"step": torch.tensor(7.0), "exp_avg": moments}},
+                           "param_groups": [{"lr": 1 / 3, "betas": (0.9, 0.999), "params": [0]}]}}  # fmt: skip
+    save_state(tmp_path, "s", state)
+    back = load_state(tmp_path, "s")
+    want = (random.random(), np.random.normal(), torch.rand(1))
+    random.setstate(back["python"]), np.random.set_state(back["numpy"]), torch.set_rng_state(back["torch"])
+    assert (random.random(), np.random.normal(), torch.rand(1)) == want
+    assert back["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]  # tuples, 1/3 exactly
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"])
+    (tmp_path / "s.json").write_text(json.dumps({"__tensor__": "nowhere"}))
+    with pytest.raises(StateFormatError, match="nowhere"):
+        load_state(tmp_path, "s")
