@@ -254,4 +254,8 @@ def retriever_config(pretrained: Path, retriever: Path):
     """The AutoModel config: the retriever's own for a full folder, the pretrained one under a LoRA."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(pretrained if is_adapter_folder(retriever) else retriever)
+    folder = pretrained if is_adapter_folder(retriever) else retriever
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:  # transformers: "not a valid JSON file", unknown model_type
+        raise _unreadable(Path(folder) / "config.json", e) from None
