@@ -111,7 +111,8 @@ def test_a_pickle_over_any_one_cache_file_never_runs(tmp_path, filled, cell):
         status = _rerun(cell, cache, tmp_path / f"job{i}")
         print(f"planted {rel or 'checkpoints'}: {status}")
         assert not marker.exists(), f"a pickle planted in {rel or 'checkpoints'} was executed"
-        # Model folders (here the tiny models) are inputs read by transformers, not store products: a
-        # damaged config.json there is transformers' own error. Every store product rebuilds or says one line.
-        assert status == "done" or status.startswith("error: ") or rel.startswith("tiny/"), (rel, status)
+        # A model folder's tokenizer files are read by transformers' tokenizer loader, whose decode error
+        # is its own (a traceback, no code run); every other file rebuilds or stops with one line.
+        tokenizer = rel is not None and rel.startswith("tiny/") and "tokenizer" in Path(rel).name
+        assert status == "done" or status.startswith("error: ") or tokenizer, (rel, status)
         shutil.rmtree(cache)
