@@ -234,7 +234,7 @@ def test_unreadable_last_checkpoint_falls_back_to_the_one_before(tmp_path, tiny_
             tiny_llama.pretrained, toy_cache, ADAPTER, cfg, tmp_path / "res", tmp_path / "work", on_step=hook
         )
     assert [c.name[-1] for c in checkpoints(tmp_path / "work")] == ["6", "4"]  # the newest two are kept
-    state = tmp_path / "work" / "ckpt-000000006" / "state.pt"
+    state = tmp_path / "work" / "ckpt-000000006" / "state.safetensors"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
     res = train_knowledge_adapter(
         tiny_llama.pretrained, toy_cache, ADAPTER, cfg, tmp_path / "res", tmp_path / "work"

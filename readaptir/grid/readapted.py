@@ -9,14 +9,13 @@ assembled into one run.
 
 from __future__ import annotations
 
-import json
-
 from readaptir.evaluate import evaluate_run, paired_test
 from readaptir.grid import stages
 from readaptir.grid.alpha import crossfit
 from readaptir.grid.keys import at_alpha, cell_products, resolve, stored_parents
 from readaptir.grid.select import select_alpha
 from readaptir.logs import timed
+from readaptir.readapt.weights import read_json
 from readaptir.retrieval.runs import RUN_FILE, read_run
 
 
@@ -48,7 +47,7 @@ def readapt_and_evaluate(cfg, store, keys, inputs, folders, runtime, data, track
         ra, ra_q = evaluate_run(data.qrels, run, cfg.evaluate.k_values, cfg.dataset.extra_metrics)
     record.set_metrics(record.base, ra)
     record.significance = {"metric": "NDCG@10", **paired_test(base_q, ra_q)}
-    record.delta_report = json.loads(reports[0].read_text()) if reports[0].is_file() else {}
+    record.delta_report = read_json(reports[0]) if reports[0].is_file() else {}  # damaged: one line
 
 
 def _ra_run(cfg, store, keys, folders, adapter, runtime, data) -> dict:

@@ -28,7 +28,6 @@ alternative reading; for plain LoRA both are identical).
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import os
@@ -51,6 +50,7 @@ from readaptir.readapt.weights import (
     check_same_tensors,
     is_adapter_folder,
     layout,
+    read_json,
     read_tensor,
     retriever_config,
 )
@@ -157,9 +157,7 @@ def _open_inputs(
     ret_modules: dict[str, AdapterModule] = {}
     ignored: list[str] = []
     if is_adapter_folder(ret_dir):
-        check_base_id(
-            ret_dir, json.loads((ret_dir / ADAPTER_CONFIG).read_text()), pretrained, "retriever LoRA"
-        )
+        check_base_id(ret_dir, read_json(ret_dir / ADAPTER_CONFIG), pretrained, "retriever LoRA")
         ret_modules, ign = parse_adapter(ret_dir, pre, prefix, "retriever LoRA")
         ignored += ign
     else:
@@ -168,7 +166,7 @@ def _open_inputs(
     know_modules: dict[str, AdapterModule] = {}
     if knowledge_adapter is not None:
         know_dir = resolve_model_dir(knowledge_adapter)
-        config = json.loads((know_dir / ADAPTER_CONFIG).read_text()) if is_adapter_folder(know_dir) else {}
+        config = read_json(know_dir / ADAPTER_CONFIG) if is_adapter_folder(know_dir) else {}
         check_base_id(know_dir, config, pretrained, "knowledge adapter")
         know_modules, ign = parse_adapter(know_dir, pre, prefix, "knowledge adapter")
         ignored += ign

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import safe_open as _safe_open
 
 from readaptir.errors import UserError
 
@@ -41,6 +41,32 @@ class ReadaptError(UserError):
     """A model/adapter combination that weight arithmetic must refuse (one line, names the culprit)."""
 
 
+def _unreadable(path: Path, e: Exception) -> ReadaptError:
+    return ReadaptError(
+        f"{path} cannot be read ({type(e).__name__}: {str(e)[:120]}); delete {path.parent} so it is built or "
+        "fetched again"
+    )
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file of a model or adapter folder; damaged bytes are one :class:`ReadaptError` line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _unreadable(path, e) from None
+
+
+def safe_open(path: str | os.PathLike, framework: str = "pt"):
+    """``safetensors.safe_open``; a file that is not safetensors is one :class:`ReadaptError` line."""
+    try:
+        return _safe_open(path, framework=framework)
+    except Exception as e:  # noqa: BLE001 - SafetensorError and header errors have no common base
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise _unreadable(Path(path), e) from None
+
+
 def is_adapter_folder(folder: str | os.PathLike) -> bool:
     """PEFT adapter folders carry adapter_config.json; full model folders do not."""
     return (Path(folder) / ADAPTER_CONFIG).is_file()
@@ -51,7 +77,7 @@ def shard_index(folder: str | os.PathLike) -> dict[str, str]:
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        return dict(json.loads(index.read_text())["weight_map"])
+        return dict(read_json(index)["weight_map"])
     single = folder / "model.safetensors"
     if single.is_file():
         with safe_open(single, framework="pt") as f:
@@ -81,16 +107,27 @@ def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
     folder = Path(folder)
     if not is_adapter_folder(folder):
         raise ReadaptError(f"not a PEFT adapter folder (no {ADAPTER_CONFIG}): {folder}")
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    config = read_json(folder / ADAPTER_CONFIG)
     st = folder / "adapter_model.safetensors"
     if st.is_file():
         with safe_open(st, framework="pt") as f:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     elif (folder / "adapter_model.bin").is_file():  # older adapters (RepLLaMA on the hub ships .bin)
-        tensors = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+        tensors = _load_bin(folder / "adapter_model.bin")
     else:
         raise ReadaptError(f"no adapter_model.safetensors or adapter_model.bin in {folder}")
     return config, tensors
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A pickled state dict, tensors only: ``weights_only=True`` refuses anything that would run code."""
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError for a planted object, zip errors for damage
+        raise _unreadable(path, e) from None
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise ReadaptError(f"{path} holds no state dict of tensors; delete {path.parent} to fetch it again")
+    return tensors
 
 
 @dataclass
@@ -217,4 +254,8 @@ def retriever_config(pretrained: Path, retriever: Path):
     """The AutoModel config: the retriever's own for a full folder, the pretrained one under a LoRA."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(pretrained if is_adapter_folder(retriever) else retriever)
+    folder = pretrained if is_adapter_folder(retriever) else retriever
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:  # transformers: "not a valid JSON file", unknown model_type
+        raise _unreadable(Path(folder) / "config.json", e) from None

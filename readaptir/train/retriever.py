@@ -43,7 +43,7 @@ from readaptir.config import ModelSpec, RetrieverTraining
 from readaptir.fs import atomic_write_json
 from readaptir.retrieval.prompts import EncodeError, build_input_ids, format_passage, format_query
 from readaptir.tracking import Tracker
-from readaptir.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from readaptir.train.checkpoint import resume_checkpoint, save_checkpoint
 from readaptir.train.retriever_data import Example, TrainData, TrainPlan, build_plan
 
 STATS_FILE = "train_stats.json"
@@ -187,9 +187,8 @@ def train_retriever(
     world, rank = accelerator.num_processes, accelerator.process_index
     # per-rank RNG states are checkpointed: a resume needs the same number of ranks
     fingerprint, start, counters = f"{plan.fingerprint(recipe)}-world{world}", 0, {"queries": 0, "encoded": 0}
-    last = latest_checkpoint(work_dir)
-    if last is not None:
-        state = load_checkpoint(accelerator, last, model, optimizer, scheduler, fingerprint)
+    last, state = resume_checkpoint(accelerator, work_dir, model, optimizer, scheduler, fingerprint)
+    if state is not None:  # verified (manifest, plan, finite) before anything was restored
         start, counters = int(state["step"]), dict(state["counters"])
     bar = tqdm(total=plan.total_steps, initial=start, desc="train retriever", unit="step", dynamic_ncols=True)
     first = last_loss = float("nan")
