@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from readaptir.errors import UserError
+from readaptir.paths import confined, root_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,16 @@ class Passage:
     text: str
 
 
-def dataset_dir(beir_name: str, data_dir: str | os.PathLike, builtin: bool = False) -> Path:
-    """Folder of a BeIR dataset: the package's own for builtin ones (the toy demo set), else data_dir/name."""
+def dataset_dir(
+    beir_name: str, data_dir: str | os.PathLike, builtin: bool = False, key: str = "dataset.beir_name"
+) -> Path:
+    """Folder of a BeIR dataset: the package's own for builtin ones (the toy demo set), else data_dir/name
+    (``beir_name`` a plain name, :data:`readaptir.paths.NAME_PATTERN`; ``key`` names it in a refusal)."""
     if builtin:
-        return RESOURCES / beir_name
-    return Path(data_dir).expanduser().resolve() / beir_name
+        return confined(RESOURCES, beir_name, key=key)
+    return confined(
+        root_dir(data_dir, "paths.data_dir").resolve(), beir_name, key=key, root_key="paths.data_dir"
+    )
 
 
 def ensure_dataset(
@@ -145,7 +151,7 @@ def load_queries(root: str | os.PathLike, query_ids: set[str] | None = None) -> 
 
 def load_qrels(root: str | os.PathLike, split: str) -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: score}}`` from ``qrels/<split>.tsv`` (its header line is skipped)."""
-    path = Path(root) / "qrels" / f"{split}.tsv"
+    path = confined(Path(root) / "qrels", f"{split}.tsv", key="dataset.split")
     if not path.is_file():
         have = sorted(p.stem for p in (Path(root) / "qrels").glob("*.tsv"))
         raise DataError(f"{path}: qrels split {split!r} not found (available: {have}); set dataset.split")
