@@ -399,6 +399,11 @@ class CellConfig(_Spec):
         except ValidationError as e:
             raise ConfigError(config_line(e, cfg)) from None
         check_paths(spec.paths, writing=not spec.run.plan)
+        sub = spec.dataset.subset
+        # A subset's record reports corpus_size: it must be the size of the corpus actually searched.
+        if sub is not None and spec.dataset.corpus_size != sub.passages:
+            raise ConfigError(f"config key dataset.corpus_size={spec.dataset.corpus_size}: a subset holds "
+                              f"dataset.subset.passages={sub.passages} passages; set both to the same number")  # fmt: skip
         return spec
 
 
