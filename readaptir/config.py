@@ -12,6 +12,7 @@ refused with one line naming the key, what it got and what is allowed:
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -64,11 +66,15 @@ def _template(required: str, allowed: frozenset[str]):
         except ValueError as e:
             raise _refuse(f"not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
         names = {f for f, _, _ in fields}
-        bad = [f for f, c, s in fields if f not in allowed or c or s]
+        bad = [
+            f + (f"!{c}" if c else "") + (f":{s}" if s else "")
+            for f, c, s in fields
+            if f not in allowed or c or s
+        ]
         if bad or required not in names:
             what = f"field {{{bad[0]}}} is not allowed" if bad else f"has no {{{required}}}"
-            raise _refuse(f"{what}; use plain fields among {{{'}, {'.join(sorted(allowed))}}} "
-                          f"with {{{required}}} once or more")  # fmt: skip
+            raise _refuse(f"{what}; use plain fields among {{{'}, {'.join(sorted(allowed))}}} (no conversion, "
+                          f"format spec, attribute or index) with {{{required}}} once or more")  # fmt: skip
         return value
 
     return check
@@ -100,6 +106,17 @@ def _model_ref(value: str | None) -> str | None:
 
 def _corpus_name(value: str) -> str:
     return value if value == "" else _name(value)
+
+
+def _finite_or_auto(value: Any) -> Any:
+    """α: ``auto`` or a finite number (one clear line for ``nan``, not the union's two messages)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    if not math.isfinite(number):
+        raise _refuse("must be a finite number or auto")
+    return value
 
 
 Name = Annotated[str, AfterValidator(_name)]
@@ -264,7 +281,7 @@ class AlphaSelection(_Spec):
 
 class ReadaptSettings(_Spec):
     # A number, or "auto": chosen per cell on withheld queries among alpha_selection.grid.
-    alpha: float | Literal["auto"] = 0.5
+    alpha: Annotated[float | Literal["auto"], BeforeValidator(_finite_or_auto)] = 0.5
     beta: float = 1.0
     knowledge_scaling: Literal["delta", "peft_scale"] = "delta"
     save_model: bool = False
