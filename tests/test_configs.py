@@ -163,7 +163,11 @@ def test_every_experiment_composes(hydra_ctx, experiment):
         ("run.on_busy=sleep", "config key run.on_busy='sleep': use one of 'wait' or 'exit'"),
         ("store.full_check_max_gb=-1", "config key store.full_check_max_gb=-1: must be ≥ 0"),
         # Refused before any work (they used to fail with a traceback after the base retriever was encoded).
-        ("readapt.alpha=nan", "config key readapt.alpha=nan: must be a finite number or auto"),
+        (
+            "readapt.alpha=nan",
+            "config key readapt.alpha=nan: must be auto or a finite number in [-1000, 1000]",
+        ),
+        ("readapt.beta=1e7", "config key readapt.beta=10000000.0: must be ≤ 1000"),
         ("readapt.beta=inf", "config key readapt.beta=inf: Input should be a finite number"),
         ("readapt.alpha_selection.grid=[nan]", "config key readapt.alpha_selection.grid.0=nan: Input should"),
         ("train.seed=-1", "config key train.seed=-1: must be ≥ 0"),
@@ -306,3 +310,13 @@ def test_job_folders_use_safe_names(hydra_ctx):
     for key in ("hydra.run.dir", "hydra.sweep.subdir"):
         value = str(OmegaConf.select(cfg, key))
         assert ".." not in Path(value).parts and "/etc" not in value and "x" in value, (key, value)
+
+
+@pytest.mark.parametrize("ref", ["org/x@..", "org/x@", "org/x@a..b", "org/x@v1.lock"])
+def test_a_bad_hub_pin_is_named_before_the_hub_is_asked(ref):
+    """It blamed `hf auth login` or a missing folder."""
+    from readaptir.models.hub import ModelNotFound, resolve_model_dir
+
+    with pytest.raises(ModelNotFound, match=r"revision .* is not a branch, tag or commit") as e:
+        resolve_model_dir(ref)
+    assert "login" not in str(e.value)
