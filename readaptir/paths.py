@@ -58,7 +58,8 @@ def check_name(value: object, key: str) -> str:
 def root_dir(value: str | os.PathLike, key: str) -> Path:
     """The folder a config value names (``~`` expanded, made absolute); empty is refused."""
     if not str(value).strip():
-        raise PathError(f"config key {key}={str(value)!r}: empty; give a folder (an environment variable "
+        what = "option" if key.startswith("-") else "config key"
+        raise PathError(f"{what} {key}={str(value)!r}: empty; give a folder (an environment variable "
                         "that is set but empty, e.g. READAPTIR_CACHE=, gives this: unset it or set it)")  # fmt: skip
     return Path(value).expanduser().absolute()
 

@@ -113,3 +113,12 @@ def test_make_quotes_every_variable_it_hands_to_the_shell():
     assert (
         "PWNED" not in words and "id" not in words
     )  # no part of a value became a word (a command) of its own
+
+
+def test_an_empty_results_folder_for_reports_is_one_line(tmp_path, capsys):
+    """`--results-dir ""` read the working folder as the results store."""
+    from readaptir.report.render import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["table1", "--results-dir", "", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "option --results-dir='': empty" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from readaptir.config import CONF_DIR
 from readaptir.fs import atomic_write
+from readaptir.paths import PathError
 from readaptir.report import paper
 from readaptir.report.alpha import render_alpha
 from readaptir.report.figure import figure2
@@ -145,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.any_variant
         else expected_variants(None if experiment == "none" else experiment, args.override)
     )
-    results = load_results(args.results_dir, expect)
+    try:
+        results = load_results(args.results_dir, expect)
+    except PathError as err:  # an empty --results-dir (e.g. from an empty READAPTIR_CACHE)
+        parser.error(str(err))
     md = render(args.table, results, args.out, args.models, args.datasets, sel, meta, args.baselines)
     sys.stdout.write(md)
     log.info("wrote %s outputs to %s", args.table, args.out)
