@@ -114,11 +114,15 @@ def _finite_or_auto(value: Any) -> Any:
         number = float(value)
     except (TypeError, ValueError):
         return value
-    if not math.isfinite(number):
-        raise _refuse("must be a finite number or auto")
+    if not math.isfinite(number) or abs(number) > SCALE_MAX:
+        raise _refuse(f"must be auto or a finite number in [-{SCALE_MAX:g}, {SCALE_MAX:g}]")
     return value
 
 
+# |α|, |β| beyond this only overflow the readapted weights (the paper scales by 0 … 1); it also keeps their
+# text in the cell folder name plain (1e+06 would not be a valid name).
+SCALE_MAX = 1000.0
+Scale = Annotated[float, Field(ge=-SCALE_MAX, le=SCALE_MAX)]
 Name = Annotated[str, AfterValidator(_name)]
 ModelRef = Annotated[str | None, AfterValidator(_model_ref)]
 QueryTemplate = Annotated[str, AfterValidator(_template("query", frozenset({"query", "task"})))]
@@ -268,7 +272,7 @@ class AblationSpec(_Spec):
 class AlphaSelection(_Spec):
     """How ``readapt.alpha=auto`` picks α on withheld queries (see :mod:`readaptir.grid.alpha`)."""
 
-    grid: tuple[float, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
+    grid: tuple[Scale, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
     max_queries: int = Field(200, ge=1)
     folds: int = Field(5, ge=2)
     pool_depth: int = Field(100, ge=1)
@@ -282,7 +286,7 @@ class AlphaSelection(_Spec):
 class ReadaptSettings(_Spec):
     # A number, or "auto": chosen per cell on withheld queries among alpha_selection.grid.
     alpha: Annotated[float | Literal["auto"], BeforeValidator(_finite_or_auto)] = 0.5
-    beta: float = 1.0
+    beta: Scale = 1.0
     knowledge_scaling: Literal["delta", "peft_scale"] = "delta"
     save_model: bool = False
     push_to_hub: str | None = None  # a Hub repo id: upload the readapted retriever (opt-in)

@@ -299,7 +299,9 @@ def test_valid_pins_templates_and_subsets_are_kept(hydra_ctx):
     with pytest.raises(
         ConfigError, match=r"dataset\.corpus_size=200: a subset holds dataset\.subset\.passages=1"
     ):
-        CellConfig.from_hydra(_compose(["dataset=mini/scifact", "dataset.subset.passages=1"]))
+        CellConfig.from_hydra(
+            _compose(["dataset=mini/scifact", "dataset.subset.passages=1", "dataset.corpus_size=200"])
+        )
 
 
 def test_job_folders_use_safe_names(hydra_ctx):

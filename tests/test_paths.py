@@ -105,7 +105,7 @@ def test_make_quotes_every_variable_it_hands_to_the_shell():
     hostile = "c; touch PWNED 'q'"
     args = [f"CACHE={hostile}", f"BENCH_PY={hostile}", "BENCH_ARGS=--x;id --y",
             f"TORCH_SPEC={hostile}", f"SMOLLM2_SPEC={hostile}", "EXTRAS=dev;id", "FAISS=cpu"]  # fmt: skip
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), "install", "table1", "bench", "bench-gpu", *args],
+    out = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "install", "table1", "bench", "bench-gpu", *args],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     words = [w for line in out.replace("\\\n", " ").splitlines() for w in shlex.split(line, comments=True)]
     assert f"{hostile}/results" in words and hostile in words  # CACHE / RESULTS, BENCH_PY, specs: one word
