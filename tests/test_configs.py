@@ -162,6 +162,43 @@ def test_every_experiment_composes(hydra_ctx, experiment):
         ("run.stage=train", "config key run.stage='train': use one of 'all', 'adapters' or 'base'"),
         ("run.on_busy=sleep", "config key run.on_busy='sleep': use one of 'wait' or 'exit'"),
         ("store.full_check_max_gb=-1", "config key store.full_check_max_gb=-1: must be ≥ 0"),
+        # Refused before any work (they used to fail with a traceback after the base retriever was encoded).
+        (
+            "readapt.alpha=nan",
+            "config key readapt.alpha=nan: must be auto or a finite number in [-1000, 1000]",
+        ),
+        ("readapt.beta=1e7", "config key readapt.beta=10000000.0: must be ≤ 1000"),
+        ("readapt.beta=inf", "config key readapt.beta=inf: Input should be a finite number"),
+        ("readapt.alpha_selection.grid=[nan]", "config key readapt.alpha_selection.grid.0=nan: Input should"),
+        ("train.seed=-1", "config key train.seed=-1: must be ≥ 0"),
+        ("evaluate.k_values=[0,-3]", "config key evaluate.k_values.0=0: must be ≥ 1"),
+        ("evaluate.k_values=[]", "config key evaluate.k_values=[]:"),
+        ("model.query_template='{0}'", "config key model.query_template='{0}': field {0} is not allowed"),
+        (
+            "model.query_template='{query.__class__}'",
+            "config key model.query_template='{query.__class__}': field",
+        ),
+        ("model.query_template='{query[0]}'", "config key model.query_template='{query[0]}': field"),
+        ("model.query_template=same", "config key model.query_template='same': has no {query}"),
+        ("model.passage_template='{title}'", "config key model.passage_template='{title}': has no {text}"),
+        (
+            "model.passage_template='{passage}'",
+            "config key model.passage_template='{passage}': field {passage}",
+        ),
+        ("model.query_template='{query'", "config key model.query_template='{query': not a valid template"),
+        # Names become folders: refused unless they match readaptir.paths.NAME_PATTERN.
+        ("model.name=../../../x", "config key model.name='../../../x': not a valid name"),
+        ("model.name=''", "config key model.name='': empty"),
+        ("adapter.name=..", "config key adapter.name='..': not a valid name"),
+        ("dataset.name=a/b", "config key dataset.name='a/b': not a valid name"),
+        ("dataset.beir_name=../x", "config key dataset.beir_name='../x': not a valid name"),
+        ("dataset.split=../test", "config key dataset.split='../test': not a valid name"),
+        ("adapter.corpus=../x", "config key adapter.corpus='../x': not a valid name"),
+        ("paths.results_dir=''", "config key paths.results_dir='': empty"),
+        # Hub pins: the revision is a branch, tag or commit (a bad one blamed login or a missing folder).
+        ("model.pretrained=org/x@..", "config key model.pretrained='org/x@..': revision '..' is not"),
+        ("model.pretrained=org/x@", "config key model.pretrained='org/x@': revision '' is not"),
+        ("model.retriever=a/b/c@main", "config key model.retriever='a/b/c@main': a Hub pin is org/name@"),
     ],
 )
 def test_bad_values_are_one_line_errors(hydra_ctx, override, message):
@@ -240,3 +277,48 @@ def test_read_only_cache_is_refused_before_anything_runs(tmp_path):
         cmd = [sys.executable, "-c", script]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert f"REFUSED config key paths.cache_dir='{ro}/cache': {ro} is not writable" in out.stdout, out.stderr
+
+
+def test_an_empty_environment_variable_is_refused_naming_it(hydra_ctx, monkeypatch):
+    """READAPTIR_CACHE= (set, empty) put the results store at /results."""
+    monkeypatch.setenv("READAPTIR_CACHE", "")
+    with pytest.raises(ConfigError, match=r"paths\.cache_dir='': empty; .*READAPTIR_CACHE"):
+        CellConfig.from_hydra(_compose([]))
+    monkeypatch.setenv("READAPTIR_CACHE", "cache")
+    monkeypatch.setenv("READAPTIR_DATA", "")
+    with pytest.raises(ConfigError, match=r"paths\.data_dir='': empty; .*READAPTIR_DATA"):
+        CellConfig.from_hydra(_compose([]))
+
+
+def test_valid_pins_templates_and_subsets_are_kept(hydra_ctx):
+    m = CellConfig.from_hydra(
+        _compose(["model=repllama", "model.pretrained=meta-llama/Llama-2-7b-hf@a1b2c3"])
+    ).model
+    assert m.pretrained.endswith("@a1b2c3")
+    assert CellConfig.from_hydra(_compose(["model.query_template='{{literal}} {task}: {query}'"]))
+    with pytest.raises(
+        ConfigError, match=r"dataset\.corpus_size=200: a subset holds dataset\.subset\.passages=1"
+    ):
+        CellConfig.from_hydra(
+            _compose(["dataset=mini/scifact", "dataset.subset.passages=1", "dataset.corpus_size=200"])
+        )
+
+
+def test_job_folders_use_safe_names(hydra_ctx):
+    """Hydra makes the job folder from model.name before the cell validates it: `..` must not climb out."""
+    cfg = compose(config_name="config", overrides=["model.name=../../../x", "dataset.name=/etc"],
+                  return_hydra_config=True)  # fmt: skip
+    OmegaConf.update(cfg, "hydra.job.num", 0, force_add=True)
+    for key in ("hydra.run.dir", "hydra.sweep.subdir"):
+        value = str(OmegaConf.select(cfg, key))
+        assert ".." not in Path(value).parts and "/etc" not in value and "x" in value, (key, value)
+
+
+@pytest.mark.parametrize("ref", ["org/x@..", "org/x@", "org/x@a..b", "org/x@v1.lock"])
+def test_a_bad_hub_pin_is_named_before_the_hub_is_asked(ref):
+    """It blamed `hf auth login` or a missing folder."""
+    from readaptir.models.hub import ModelNotFound, resolve_model_dir
+
+    with pytest.raises(ModelNotFound, match=r"revision .* is not a branch, tag or commit") as e:
+        resolve_model_dir(ref)
+    assert "login" not in str(e.value)

@@ -260,3 +260,72 @@ def test_dataset_checks_are_remembered_per_content(tmp_path, monkeypatch, toy_di
     assert check_dataset(toy_dir, "test", memo) == []
     monkeypatch.setattr(checks, "corpus_id_hashes", lambda root: pytest.fail("checked again"))
     assert check_dataset(toy_dir, "test", memo) == []
+
+
+def _write(path: Path, rows: list) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("score", ["0.9", "inf", "nan", "-inf", "1.5", "1e400"])
+def test_qrels_grades_that_are_not_integers_name_file_and_line(tmp_path, score):
+    """0.9 was read as 0 (nDCG 0, exit 0) and inf was a traceback."""
+    root = _dataset(tmp_path, ["a", "b"], ["q\ta\t1", f"q\tb\t{score}"])
+    with pytest.raises(DataError, match=rf"test\.tsv:3: score '{score}' is not an integer relevance grade"):
+        load_qrels(root, "test")
+
+
+def test_integral_grades_in_any_spelling_are_kept(tmp_path):
+    root = _dataset(tmp_path, ["a", "b", "c"], ["q\ta\t2", "q\tb\t1.0", "q\tc\t-1"])
+    assert load_qrels(root, "test") == {"q": {"a": 2, "b": 1, "c": -1}}
+
+
+def test_null_or_non_string_texts_name_file_and_line(tmp_path):
+    """A null query text was encoded as the string "None"; a null passage text as an empty passage."""
+    root = _dataset(tmp_path, ["a"], ["q\ta\t1"])
+    _write(root / "queries.jsonl", [{"_id": "q", "text": "fine"}, {"_id": "r", "text": None}])
+    with pytest.raises(DataError, match=r"queries\.jsonl:2: field 'text' is null, not a string"):
+        load_queries(root)
+    _write(root / "queries.jsonl", [{"_id": "q", "text": 3}])
+    with pytest.raises(DataError, match=r"queries\.jsonl:1: field 'text' is 3, not a string"):
+        load_queries(root)
+    _write(root / "queries.jsonl", [{"_id": "q"}])
+    with pytest.raises(DataError, match=r"queries\.jsonl:1: missing field\(s\) \['text'\]"):
+        load_queries(root)
+    _write(root / "corpus.jsonl", [{"_id": "a", "title": None, "text": "ok"}, {"_id": "b", "text": None}])
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: field 'text' is null"):
+        list(iter_corpus(root))
+    assert next(iter_corpus(root)).title == ""  # a null title is no title
+
+
+def test_duplicate_query_ids_are_refused_naming_both_lines(tmp_path):
+    """The last text silently won."""
+    root = _dataset(tmp_path, ["a"], ["q\ta\t1"])
+    _write(
+        root / "queries.jsonl",
+        [{"_id": "q", "text": "one"}, {"_id": "x", "text": "x"}, {"_id": "q", "text": "2"}],
+    )
+    with pytest.raises(DataError, match=r"queries\.jsonl:3: query id 'q' also on line 1"):
+        load_queries(root, {"q"})
+
+
+def test_empty_queries_are_refused_when_all_are_empty_and_counted_otherwise(tmp_path):
+    root = _dataset(tmp_path, ["a", "b"], ["q1\ta\t1", "q2\tb\t1"])
+    _write(root / "queries.jsonl", [{"_id": "q1", "text": ""}, {"_id": "q2", "text": "  "}])
+    with pytest.raises(
+        DataError, match=r"queries\.jsonl: every one of the 2 queries judged in .* has an empty"
+    ):
+        check_dataset(root, "test")
+    _write(root / "queries.jsonl", [{"_id": "q1", "text": ""}, {"_id": "q2", "text": "words"}])
+    assert any(
+        "1 of 2 judged queries have an empty text (e.g. 'q1')" in w for w in check_dataset(root, "test")
+    )
+
+
+def test_a_subset_too_small_for_its_relevant_passages_is_refused(toy_dir, tmp_path):
+    """passages=1 kept one relevant passage of many queries: nDCG 1.0 on a corpus of one."""
+    from readaptir.config import SubsetSpec
+    from readaptir.data.nano import write_subset
+
+    with pytest.raises(DataError, match=r"dataset\.subset\.passages=1 cannot hold the \d+ judged-relevant"):
+        write_subset(toy_dir, tmp_path / "s", SubsetSpec(of="toy", queries=5, passages=1), "test")
+    assert not (tmp_path / "s" / "corpus.jsonl").exists()

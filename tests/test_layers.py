@@ -15,7 +15,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "readaptir"
 LAYERS = [
-    ["errors", "runtime", "fs", "conf", "provenance", "logs", "attention"],
+    ["errors", "runtime", "fs", "paths", "conf", "provenance", "logs", "attention"],
     ["config", "data", "store", "tracking"],
     ["models"],
     ["readapt", "retrieval", "evaluate"],

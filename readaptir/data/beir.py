@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from readaptir.errors import UserError
+from readaptir.paths import confined, root_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,16 @@ class Passage:
     text: str
 
 
-def dataset_dir(beir_name: str, data_dir: str | os.PathLike, builtin: bool = False) -> Path:
-    """Folder of a BeIR dataset: the package's own for builtin ones (the toy demo set), else data_dir/name."""
+def dataset_dir(
+    beir_name: str, data_dir: str | os.PathLike, builtin: bool = False, key: str = "dataset.beir_name"
+) -> Path:
+    """Folder of a BeIR dataset: the package's own for builtin ones (the toy demo set), else data_dir/name
+    (``beir_name`` a plain name, :data:`readaptir.paths.NAME_PATTERN`; ``key`` names it in a refusal)."""
     if builtin:
-        return RESOURCES / beir_name
-    return Path(data_dir).expanduser().resolve() / beir_name
+        return confined(RESOURCES, beir_name, key=key)
+    return confined(
+        root_dir(data_dir, "paths.data_dir").resolve(), beir_name, key=key, root_key="paths.data_dir"
+    )
 
 
 def ensure_dataset(
@@ -118,13 +125,14 @@ def iter_corpus(
     exclude: frozenset[str] | set[str] | None = None,
 ) -> Iterator[Passage]:
     """Stream ``corpus.jsonl`` one passage at a time, optionally keeping only / dropping some doc ids."""
-    for _, row in _iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
+    path = Path(root) / "corpus.jsonl"
+    for lineno, row in _iter_jsonl(path, ("_id", "text")):
         doc_id = str(row["_id"])
         if doc_ids is not None and doc_id not in doc_ids:
             continue
         if exclude is not None and doc_id in exclude:
             continue
-        yield Passage(doc_id, str(row.get("title") or ""), str(row["text"] or ""))
+        yield Passage(doc_id, str(row.get("title") or ""), _text(row, "text", path, lineno))
 
 
 def iter_doc_ids(root: str | os.PathLike) -> Iterator[tuple[int, str]]:
@@ -133,19 +141,52 @@ def iter_doc_ids(root: str | os.PathLike) -> Iterator[tuple[int, str]]:
         yield lineno, str(row["_id"])
 
 
+def _text(row: dict, field: str, path: Path, lineno: int) -> str:
+    """A text field that is a string (``null`` or a number would be encoded as "None" or "3")."""
+    value = row[field]
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{lineno}: field {field!r} is {json.dumps(value)}, not a string; give the text "
+                        "(an empty string \"\" if there is none)")  # fmt: skip
+    return value
+
+
 def load_queries(root: str | os.PathLike, query_ids: set[str] | None = None) -> dict[str, str]:
-    """``{query_id: text}``, restricted to ``query_ids`` when given (the eval split's queries)."""
-    out = {}
-    for _, row in _iter_jsonl(Path(root) / "queries.jsonl", ("_id", "text")):
+    """``{query_id: text}``, restricted to ``query_ids`` when given (the eval split's queries). A query id
+    that occurs twice is refused (which text is right cannot be known), naming both lines."""
+    out: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    path = Path(root) / "queries.jsonl"
+    for lineno, row in _iter_jsonl(path, ("_id", "text")):
         qid = str(row["_id"])
+        if qid in seen:
+            raise DataError(f"{path}:{lineno}: query id {qid!r} also on line {seen[qid]}; make query ids "
+                            "unique (only one of the texts would be evaluated)")  # fmt: skip
+        seen[qid] = lineno
         if query_ids is None or qid in query_ids:
-            out[qid] = str(row["text"])
+            out[qid] = _text(row, "text", path, lineno)
     return out
+
+
+def _score(text: str, path: Path, lineno: int) -> int:
+    """A relevance grade: an integer (``2`` or ``2.0``); ``0.9``, ``inf`` and ``nan`` are refused (as an
+    integer ``0.9`` would silently become 0, not relevant)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: score {text!r} is not a number") from None
+    if not math.isfinite(value) or not value.is_integer():
+        raise DataError(f"{path}:{lineno}: score {text!r} is not an integer relevance grade; BeIR qrels grade "
+                        "with integers (0 = not relevant, 1, 2 ... = relevant): fix that line")  # fmt: skip
+    return int(value)
 
 
 def load_qrels(root: str | os.PathLike, split: str) -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: score}}`` from ``qrels/<split>.tsv`` (its header line is skipped)."""
-    path = Path(root) / "qrels" / f"{split}.tsv"
+    path = confined(Path(root) / "qrels", f"{split}.tsv", key="dataset.split")
     if not path.is_file():
         have = sorted(p.stem for p in (Path(root) / "qrels").glob("*.tsv"))
         raise DataError(f"{path}: qrels split {split!r} not found (available: {have}); set dataset.split")
@@ -158,10 +199,7 @@ def load_qrels(root: str | os.PathLike, split: str) -> dict[str, dict[str, int]]
             continue
         if len(row) < 3:
             raise DataError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score, got {row!r}")
-        try:
-            score = int(float(row[-1]))
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: score {row[-1]!r} is not a number") from None
+        score = _score(row[-1], path, lineno)
         qrels.setdefault(row[0], {})[row[1]] = score
     return qrels
 

@@ -4,7 +4,9 @@ Duplicate doc ids put two rows under one id in every index, and a run keeps only
 depend on row order: refused. Qrels whose document is not in the corpus count as never retrieved (BeIR's
 rule) and are reported with counts; when more than 1% of the relevant judgements point outside the corpus,
 the qrels are not this corpus's (a wrong folder or split) and are refused. An empty corpus and qrels whose
-queries are all missing from ``queries.jsonl`` are refused with what to fix. Each check runs once per
+queries are all missing from ``queries.jsonl`` are refused with what to fix; so are judged queries whose
+texts are all empty (some empty: counted in a warning). Loading refuses what would be read wrongly: qrels
+grades that are not integers, ``null`` texts, duplicate query ids (:mod:`readaptir.data.beir`). Each check runs once per
 content: its outcome is remembered in the cache under the files' content identities.
 
     warnings = check_dataset(root, "test", memo_dir)   # raises DataError; returns warning lines
@@ -28,7 +30,7 @@ from readaptir.store.identity import content_identity
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when a check changes, so remembered outcomes are checked again
+VERSION = 2  # bump when a check changes, so remembered outcomes are checked again
 UNKNOWN_RELEVANT_MAX = 0.01  # more relevant judgements than this fraction outside the corpus: refused
 
 
@@ -77,13 +79,21 @@ def _qrels_warnings(root: Path, split: str, corpus: np.ndarray) -> list[str]:
             raise DataError(f"{what}; more than {UNKNOWN_RELEVANT_MAX:.0%} of the relevant ones: these qrels "
                             "do not belong to this corpus (wrong folder or split?)")  # fmt: skip
         warnings.append(f"{what}; they count as never retrieved (BeIR's rule)")
-    missing = set(qrels) - set(load_queries(root, set(qrels)))
+    queries = load_queries(root, set(qrels))
+    missing = set(qrels) - set(queries)
     if missing and len(missing) == len(qrels):
         raise DataError(f"{path}: none of its {len(qrels)} judged queries is in {root / 'queries.jsonl'} "
                         f"(e.g. {next(iter(missing))!r}); wrong folder or split?")  # fmt: skip
     if missing:
         warnings.append(f"{path}: {len(missing)} of {len(qrels)} judged queries are not in queries.jsonl; "
                         "they are left out of the averages")  # fmt: skip
+    empty = sorted(q for q, text in queries.items() if not text.strip())
+    if empty and len(empty) == len(queries):
+        raise DataError(f"{root / 'queries.jsonl'}: every one of the {len(queries)} queries judged in {path} has "
+                        f"an empty text (e.g. {empty[0]!r}); the file is broken (wrong field?)")  # fmt: skip
+    if empty:
+        warnings.append(f"{root / 'queries.jsonl'}: {len(empty)} of {len(queries)} judged queries have an empty "
+                        f"text (e.g. {empty[0]!r}); they are searched with an empty prompt")  # fmt: skip
     return warnings
 
 

@@ -59,7 +59,11 @@ def choose(
         docs += [
             d for d in rng.sample(relevant, min(spec.relevant_per_query, len(relevant))) if d not in docs
         ]
-    docs = docs[: spec.passages]
+    if len(docs) > spec.passages:  # cutting judged-relevant passages would make every metric wrong
+        raise DataError(
+            f"dataset.subset.passages={spec.passages} cannot hold the {len(docs)} judged-relevant passages of its "
+            f"{len(qids)} queries; set dataset.subset.passages ≥ {len(docs)} (or lower queries/relevant_per_query)"
+        )
     chosen = set(docs)
     ranked = bm25_rankings(passages, {q: queries[q] for q in qids}, BM25_DEPTH)
     for depth in range(BM25_DEPTH):

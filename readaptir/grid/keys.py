@@ -34,6 +34,7 @@ from readaptir.config import CellConfig, ModelSpec
 from readaptir.data.beir import dataset_dir, load_qrels
 from readaptir.data.nano import subset_key
 from readaptir.data.subsets import KnowledgeSubset, knowledge_subset, relevant_doc_ids
+from readaptir.paths import root_dir
 from readaptir.runtime import Runtime, dtype_name
 from readaptir.store.artifacts import ArtifactStore, make_key
 from readaptir.store.identity import (
@@ -85,10 +86,17 @@ class CellInputs:
         eval_root = dataset_dir(d.beir_name, data_dir, d.builtin)
         if d.subset is not None:  # cut from a full dataset into the store (readaptir.data.nano)
             eval_root = ArtifactStore(cfg.paths.cache_dir).path(
-                subset_key(d.subset, dataset_dir(d.subset.of, data_dir), d.split, identity_dir(cfg))
+                subset_key(
+                    d.subset,
+                    dataset_dir(d.subset.of, data_dir, key="dataset.subset.of"),
+                    d.split,
+                    identity_dir(cfg),
+                )
             )
         corpus = cfg.adapter.corpus
-        knowledge_root = eval_root if corpus == d.name else dataset_dir(corpus, data_dir)
+        knowledge_root = (
+            eval_root if corpus == d.name else dataset_dir(corpus, data_dir, key="adapter.corpus")
+        )
         subset = knowledge_subset(corpus, cfg.ablation.name, d.name, d.knowledge_corpus, d.split)
         return cls(eval_root, knowledge_root, subset)
 
@@ -104,7 +112,7 @@ class CellInputs:
 
 def identity_dir(cfg: CellConfig) -> Path:
     """Where data-file identities are remembered (the data folder itself may be read-only)."""
-    return Path(cfg.paths.cache_dir).expanduser() / "identity"
+    return root_dir(cfg.paths.cache_dir, "paths.cache_dir") / "identity"
 
 
 def tokens_fields(tokenizer: str | Path, corpus_root: Path, memo: Path | None = None) -> dict[str, Any]:
@@ -167,7 +175,10 @@ def _retriever_product(cfg: CellConfig, runtime: Runtime) -> Product:
     negatives), the recipe and the prompts it is trained with."""
     m, t = cfg.model, cfg.model.train_retriever
     assert t is not None
-    root, memo = dataset_dir(t.dataset, cfg.paths.data_dir), identity_dir(cfg)
+    root, memo = (
+        dataset_dir(t.dataset, cfg.paths.data_dir, key="model.train_retriever.dataset"),
+        identity_dir(cfg),
+    )
     qrels = {p.stem: content_identity(p, memo) for p in sorted((root / "qrels").glob("*.tsv"))}
     fields = {"pretrained": model_identity(m.pretrained, memo), "dataset": t.dataset,
               "corpus": content_identity(root / "corpus.jsonl", memo),

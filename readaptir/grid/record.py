@@ -33,6 +33,7 @@ from readaptir.config import CellConfig
 from readaptir.data.beir import DataError
 from readaptir.errors import UserError
 from readaptir.fs import atomic_write, create_once, storage_problem
+from readaptir.paths import confined, root_dir
 from readaptir.provenance import provenance
 from readaptir.store.artifacts import make_key
 
@@ -157,8 +158,9 @@ class CellCoords(BaseModel):
 
     def store_path(self, results_dir: str | os.PathLike, result_key: str) -> Path:
         """Where the results store keeps this cell's variant with ``result_key`` (one file per variant)."""
-        root = Path(results_dir).expanduser().resolve()
-        return root / self.model / self.dataset / self.name / f"{result_key}.json"
+        root = root_dir(results_dir, "paths.results_dir").resolve()
+        return confined(root, self.model, self.dataset, self.name, f"{result_key}.json",
+                        key="model.name/dataset.name/adapter.name")  # fmt: skip
 
 
 def _trained_on(cfg: CellConfig) -> bool:

@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from readaptir.config import ModelSpec
+from readaptir.config import ModelSpec, revision_problem
 from readaptir.errors import UserError
 from readaptir.models.gguf import ensure_gguf_model, is_gguf_ref
+from readaptir.paths import env_root
 from readaptir.store.identity import HUB_ID_RE, split_revision
 
 # Hub cache snapshots live under .../models--<org>--<name>/snapshots/<hash>: the hub id is recoverable.
@@ -38,10 +39,13 @@ def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir: str | os.PathL
     Only weights in safetensors, configs and tokenizer files are fetched (no ``.bin`` duplicates).
     """
     if is_gguf_ref(name_or_path):
-        return ensure_gguf_model(name_or_path, cache_dir or os.environ.get("READAPTIR_CACHE", "cache"))
+        return ensure_gguf_model(name_or_path, cache_dir or env_root("READAPTIR_CACHE", "cache"))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path.resolve()
+    pin = revision_problem(str(name_or_path))
+    if pin is not None:  # before the Hub is asked: a bad pin is not a login or network problem
+        raise ModelNotFound(f"model reference {str(name_or_path)!r}: {pin}")
     if not HUB_ID_RE.match(str(name_or_path)):
         raise ModelNotFound(f"model folder not found: {name_or_path}")
     from huggingface_hub import snapshot_download

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from readaptir.config import CONF_DIR
 from readaptir.fs import atomic_write
+from readaptir.paths import PathError
 from readaptir.report import paper
 from readaptir.report.alpha import render_alpha
 from readaptir.report.figure import figure2
@@ -147,7 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.any_variant or (args.table == "wandb" and args.experiment is None)
         else expected_variants(None if experiment == "none" else experiment, args.override)
     )
-    results = load_results(args.results_dir, expect)
+    try:
+        results = load_results(args.results_dir, expect)
+    except PathError as err:  # an empty --results-dir (e.g. from an empty READAPTIR_CACHE)
+        parser.error(str(err))
     if args.table == "wandb":
         from readaptir.report.wandb_report import publish
 

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from readaptir.config import CONF_DIR
 from readaptir.grid.record import CellRecord, digest_problem
+from readaptir.paths import root_dir
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def parse_record(record: Mapping[str, Any] | CellRecord, path: str = "<memory>")
 def load_results(results_dir: str | os.PathLike, expect: Expect | None = None) -> Results:
     """Every finished cell under ``results_dir`` (recursively, ``*.json``); unreadable files are warned about.
     ``expect`` picks each cell's variant (:mod:`readaptir.report.variants`); None shows the newest."""
-    root = Path(results_dir)
+    root = root_dir(results_dir, "--results-dir")  # empty: refused (it read the working folder)
     if not root.is_dir():
         log.warning("results directory %s does not exist; every cell will show —", root)
         return Results(expect=expect)
