@@ -40,13 +40,15 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def real_matrices(overrides: list[str]) -> dict:  # size: one linear build of every α's matrix
+def real_matrices(
+    overrides: list[str], alphas: list[float] | None
+) -> dict:  # size: one linear build of every α's matrix
     """Score matrices ``[queries, passages]`` of every candidate α and of BM25 on the evaluated corpus."""
     from hydra import compose, initialize_config_dir
 
     from readaptir.config import CellConfig
     from readaptir.grid import stages
-    from readaptir.grid.cell import job_dir, run_cell
+    from readaptir.grid.cell import run_cell
     from readaptir.grid.keys import BM25, CellInputs, at_alpha, cell_keys
     from readaptir.models.hub import resolve_models
     from readaptir.retrieval.lexical import BM25Retriever
@@ -55,7 +57,8 @@ def real_matrices(overrides: list[str]) -> dict:  # size: one linear build of ev
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = CellConfig.from_hydra(compose("config", overrides=[*overrides, "tracking.backend=none"]))
-    run_cell(cfg, job_dir(cfg))  # the fixed-α cell: trains (or reuses) the retriever and the adapter
+    # The fixed-α cell trains (or reuses) the retriever and the adapter; its job folder is scratch.
+    run_cell(cfg, Path(cfg.paths.cache_dir) / "tmp-alpha-pool-job")
     runtime = Runtime.detect(cfg.encode.dtype, cfg.model.torch_dtype)
     inputs, store = CellInputs.of(cfg), ArtifactStore(cfg.paths.cache_dir)
     folders, cell = resolve_models(cfg.model, cfg.paths.cache_dir), cell_keys(cfg, runtime, inputs)
@@ -64,23 +67,30 @@ def real_matrices(overrides: list[str]) -> dict:  # size: one linear build of ev
     data = stages.EvalData.load(inputs.eval_root, cfg.dataset.split)
     queries = {q: t for q, t in data.queries.items() if any(s > 0 for s in data.qrels[q].values())}
     adapter, out = store.path(cell["adapter"]), {}
-    for alpha in cfg.readapt.alpha_selection.candidates():
+    for alpha in alphas or cfg.readapt.alpha_selection.candidates():
         c = at_alpha(cfg, alpha)
         keys = cell_keys(c, runtime, inputs)
         r = stages.dense_retriever(c, stages.readapt(c, store, keys["readapted"], folders, adapter, runtime),
                                    folders, runtime)  # fmt: skip
-        b = r.index_build(data.root)
-        index = r.open_index(store.build_collective("index", keys["ra_index"], b.fill, prepare=b.prepare,
-                                                    finish=b.finish))  # fmt: skip
+        if alpha == 0 and cfg.readapt.beta == 1 and cfg.readapt.knowledge_scaling == "delta":
+            index = r.open_index(
+                store.path(cell["base_index"])
+            )  # W(0) = W_ret: the base encodings, bit for bit
+        else:
+            b = r.index_build(data.root)
+            index = r.open_index(store.build_collective("index", keys["ra_index"], b.fill, prepare=b.prepare,
+                                                        finish=b.finish))  # fmt: skip
         qids, qemb = r.encode_queries(queries)
-        out[alpha] = qemb @ np.asarray(index.matrix, dtype=np.float32).T
+        order = np.argsort(np.array(index.ids))  # every α's columns in one (sorted id) order
+        out[alpha] = (qemb @ np.asarray(index.matrix, dtype=np.float32).T)[:, order]
+        docs = [index.ids[j] for j in order]
     bm25 = BM25Retriever(BM25)
     tmp = Path(cfg.paths.cache_dir) / "tmp-alpha-pool-bm25"
     tmp.mkdir(parents=True, exist_ok=True)
     bm25.index_build(data.root).finish(tmp)
-    run = bm25.search(bm25.open_index(tmp), bm25.encode_queries(queries), len(index.ids))
-    lex = np.array([[run[q].get(d, 0.0) for d in index.ids] for q in qids], dtype=np.float32)
-    return {"alphas": sorted(out), "scores": out, "bm25": lex, "qids": qids, "docs": list(index.ids),
+    run = bm25.search(bm25.open_index(tmp), bm25.encode_queries(queries), len(docs))
+    lex = np.array([[run[q].get(d, 0.0) for d in docs] for q in qids], dtype=np.float32)
+    return {"alphas": sorted(out), "scores": out, "bm25": lex, "qids": qids, "docs": docs,
             "qrels": {q: data.qrels[q] for q in qids}, "dataset": cfg.dataset.name}  # fmt: skip
 
 
@@ -169,7 +179,7 @@ def _main_real(a) -> None:
     from readaptir.fs import atomic_write_json
 
     t0 = time.time()
-    m = real_matrices(a.overrides)
+    m = real_matrices(a.overrides, a.alphas)
     s = AlphaSelection()
     report = {"source": "real", "dataset": m["dataset"], "overrides": a.overrides, "settings": s.model_dump(),
               "seconds": round(time.time() - t0, 1), "machine": _machine(),

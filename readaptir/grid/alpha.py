@@ -189,22 +189,31 @@ def fold_scores(
     row = {q: i for i, q in enumerate(qids)}
     out = []
     for fold, pool in zip(folds, pools, strict=True):
-        in_pool = set(pool)
-        outside = [d for d in sample if d not in in_pool]
+        at = {d: i for i, d in enumerate(pool)}
+        outside = [d for d in sample if d not in at]
         scale = (corpus_size - len(pool)) / len(outside) if outside else 0.0
-        per_alpha: dict[float, float] = {}
-        for alpha, matrix in scores.items():
-            vals = []
-            for q in fold.select:
-                rels = qrels.get(q, {})
-                p = [d for d in pool if d != q]  # self-hits are removed, as in evaluation
+        pidx, oidx = (
+            np.array([col[d] for d in pool], dtype=np.int64),
+            np.array([col[d] for d in outside], dtype=np.int64),
+        )
+        per_alpha: dict[float, list[float]] = {a: [] for a in scores}
+        for q in fold.select:
+            rels = qrels.get(q, {})
+            gains = np.zeros(len(pool))
+            for d, g in rels.items():
+                if d in at and g > 0:
+                    gains[at[d]] = g
+            keep = np.array([d != q for d in pool]) if q in at else slice(None)  # self-hits are removed
+            okeep = np.array([d != q for d in outside]) if q in set(outside) else slice(None)
+            ideal = idcg(rels)
+            for alpha, matrix in scores.items():
                 s = matrix[row[q]]
-                vals.append(estimated_ndcg(
-                    s[[col[d] for d in p]], np.array([max(rels.get(d, 0), 0) for d in p], dtype=np.float64),
-                    s[[col[d] for d in outside if d != q]], scale, idcg(rels)))  # fmt: skip
-            per_alpha[alpha] = float(np.mean(vals)) if vals else 0.0
+                per_alpha[alpha].append(
+                    estimated_ndcg(s[pidx][keep], gains[keep], s[oidx][okeep], scale, ideal)
+                )
+        means = {a: float(np.mean(v)) if v else 0.0 for a, v in per_alpha.items()}
         out.append({"select": list(fold.select), "report": list(fold.report), "pool_size": len(pool),
-                    "scores": {f"{a:g}": s for a, s in per_alpha.items()}, "chosen": choose(per_alpha)})  # fmt: skip
+                    "scores": {f"{a:g}": s for a, s in means.items()}, "chosen": choose(means)})  # fmt: skip
     return out
 
 
