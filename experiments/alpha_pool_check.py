@@ -175,6 +175,43 @@ def calibrate(m: dict) -> dict:
     return out
 
 
+def read_trec(path: Path) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        q, _, d, _, score, *_ = line.split()
+        run.setdefault(q, {})[d] = float(score)
+    return run
+
+
+def calibrate_runs(runs: dict[str, Path], qrels_tsv: Path, n_real: int) -> dict:
+    """``calibrate``'s statistics from stored runs (each query's top passages only, not every passage):
+    per query, on the passages every run scored; relevant passages missing from a run are skipped."""
+    qrels: dict[str, dict[str, int]] = {}
+    for line in qrels_tsv.read_text().splitlines()[1:]:
+        q, d, g = line.split("\t")
+        qrels.setdefault(q, {})[d] = int(g)
+    read = {k: read_trec(p) for k, p in runs.items()}
+    stats: dict[str, tuple[list, list]] = {k: ([], []) for k in read}
+    n_rel = []
+    for q, rels in qrels.items():
+        common = sorted(set.intersection(*(set(r.get(q, {})) for r in read.values())))
+        rel = [d for d in common if rels.get(d, 0) > 0]
+        non = [d for d in common if rels.get(d, 0) <= 0]
+        n_rel.append(sum(g > 0 for g in rels.values()))
+        if not rel or len(non) < 3:
+            continue
+        z = {}
+        for k, r in read.items():
+            x = np.array([r[q][d] for d in non])
+            z[k] = ((x - x.mean()) / x.std(), (np.array([r[q][d] for d in rel]) - x.mean()) / x.std())
+        for k in read:
+            stats[k][0].append(np.corrcoef(z["0"][0], z[k][0])[0, 1])
+            stats[k][1].append(float(z[k][1].mean()))
+    return {"n_real": n_real, "n_rel": n_rel, "queries_used": len(stats["0"][0]),
+            "rho": {k: float(np.mean(v[0])) for k, v in stats.items()},
+            "mu": {k: float(np.mean(v[1])) for k, v in stats.items()}}  # fmt: skip
+
+
 def _main_real(a) -> None:
     from readaptir.fs import atomic_write_json
 
@@ -200,17 +237,43 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="mode", required=True)
     r = sub.add_parser("real")
+    r.add_argument("--alphas", type=float, nargs="+", help="candidates to encode (default: the grid)")
     r.add_argument(
         "overrides", nargs="*", help="Hydra overrides, e.g. experiment=mini-cpu dataset=mini/scifact"
     )
+    c = sub.add_parser("runs", help="calibrate from stored TREC runs (top passages only)")
+    c.add_argument("--run", nargs=2, action="append", metavar=("ALPHA", "RUN_TREC"), required=True)
+    c.add_argument("--qrels", required=True)
+    c.add_argument("--corpus-size", type=int, required=True)
+    c.add_argument("--note", default="")
     sim = sub.add_parser("simulate")
     sim.add_argument("--calibration", default=str(RESULTS / "alpha_pool_check-real-scifact-mini.json"))
     sim.add_argument("--sizes", type=int, nargs="+", default=[50_000, 500_000, 8_841_823])
     sim.add_argument("--queries", type=int, default=40, help="selection queries per fold")
     sim.add_argument("--folds", type=int, default=5)
+    sim.add_argument(
+        "--base-ndcg",
+        type=float,
+        default=0.0,
+        help="also run every scenario with the dense shifts lifted so Base's nDCG@10 on the real corpus size is this",
+    )
+    sim.add_argument(
+        "--extrapolate", type=float, nargs="*", default=[], help="candidates past the measured ones"
+    )
+    sim.add_argument(
+        "--sample-size", type=int, default=None, help="alpha_selection.sample_size (default: the config's)"
+    )
+    sim.add_argument("--name", default="all", help="output: results/alpha_pool_check-sim-<name>.{json,md}")
     a = ap.parse_args()
     if a.mode == "real":
         _main_real(a)
+    elif a.mode == "runs":
+        cal = calibrate_runs({f"{float(k):g}": Path(p) for k, p in a.run}, Path(a.qrels), a.corpus_size)
+        out = RESULTS / "alpha_pool_check-calibration.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"source": "real runs", "note": a.note, "runs": a.run, "machine": _machine(),
+                                   "calibration": cal}, indent=1))  # fmt: skip
+        print(json.dumps(cal, indent=1))
     else:
         from alpha_pool_sim import main_simulate
 
