@@ -276,6 +276,7 @@ class AlphaSelection(_Spec):
     max_queries: int = Field(200, ge=1)
     folds: int = Field(5, ge=2)
     pool_depth: int = Field(100, ge=1)
+    sample_size: int = Field(10000, ge=0)  # corpus sample that estimates ranks outside the pool
     seed: Seed = 0
 
     def candidates(self) -> tuple[float, ...]:

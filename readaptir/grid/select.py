@@ -1,7 +1,9 @@
-"""The α-selection stage of an ``alpha=auto`` cell: score every candidate α on a pool, keep the best.
+"""The α-selection stage of an ``alpha=auto`` cell: score every candidate α on each fold's pool, keep the best.
 
-The rules (which queries, which pool, ties) are in :mod:`readaptir.grid.alpha`; this stage runs them on
-the main process and stores the outcome as the ``selection`` artifact. With ``knowledge_scaling=delta``
+The rules (which queries, which pool, the rank estimate, ties) are in :mod:`readaptir.grid.alpha`; this
+stage runs them on the main process and stores the outcome as the ``selection`` artifact. The folds' pools
+and the corpus sample are encoded together once per α (a passage's embedding does not depend on the others);
+each fold is then scored on its own pool only. With ``knowledge_scaling=delta``
 the candidates share one read of ``W_ret`` and ``Ψ`` (:class:`readaptir.readapt.line.KnowledgeLine`);
 ``peft_scale`` builds one readapted model per candidate.
 """
@@ -14,11 +16,12 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from readaptir.config import CellConfig
 from readaptir.data.beir import iter_corpus, load_qrels, load_queries
-from readaptir.evaluate import evaluate_run
 from readaptir.fs import atomic_write, atomic_write_json
-from readaptir.grid.alpha import Selection, candidate_pool, fold_scores, judged, plan_selection
+from readaptir.grid.alpha import Selection, corpus_sample, fold_pools, fold_scores, plan_selection
 from readaptir.grid.stages import EvalData
 from readaptir.models.hub import ModelFolders
 from readaptir.readapt.line import KnowledgeLine
@@ -68,10 +71,20 @@ def _write_pool(root: Path, pool: set[str], out: Path) -> Path:
     return out
 
 
+def _scores(retriever: DenseRetriever, index_dir: Path, queries: tuple[list[str], np.ndarray]) -> np.ndarray:
+    """``[queries, passages]`` float32 scores of every query against every encoded passage (corpus order)."""
+    index = retriever.open_index(index_dir)
+    out = np.empty((len(queries[0]), len(index)), dtype=np.float32)
+    for start, rows in index.chunks(8192):
+        out[:, start : start + len(rows)] = queries[1] @ rows.astype(np.float32).T
+    return out
+
+
 def _select(cfg, store, keys, folders, adapter, runtime, data, tmp: Path) -> Selection:
     s, r = cfg.readapt.alpha_selection, cfg.readapt
+    # Reported queries are Base's: every query of the evaluated qrels (Base averages them all).
     plan = plan_selection(data.root, cfg.dataset.split, cfg.model.name not in cfg.dataset.seen_by,
-                          judged(data.qrels), s)  # fmt: skip
+                          sorted(data.qrels), s)  # fmt: skip
     sel_ids = plan.selection_ids()
     queries = load_queries(data.root, sel_ids)
     qrels = {q: d for q, d in load_qrels(data.root, plan.split).items() if q in sel_ids}
@@ -86,9 +99,11 @@ def _select(cfg, store, keys, folders, adapter, runtime, data, tmp: Path) -> Sel
     index = base.open_index(store.path(keys["base_index"]))
     runs = [base.search(index, base.encode_queries(queries), s.pool_depth),
             _bm25(store, keys["bm25_index"], data.root, queries, s.pool_depth)]  # fmt: skip
-    pool = candidate_pool(sorted(sel_ids), runs, qrels, s.pool_depth, set(index.ids))
-    pool_root = _write_pool(data.root, set(pool), tmp / "pool")
-    per_query = {}
+    pools = fold_pools(plan.folds, runs, s.pool_depth)
+    sample = corpus_sample(index.ids, s.sample_size, s.seed)
+    encoded = set(sample).union(*pools)
+    pool_root = _write_pool(data.root, encoded, tmp / "pool")
+    scores, doc_ids = {}, None
     for alpha in s.candidates():
         if line is not None:
             line.move(model, alpha)
@@ -100,12 +115,16 @@ def _select(cfg, store, keys, folders, adapter, runtime, data, tmp: Path) -> Sel
         out.mkdir()
         for step in (b.prepare, b.fill, b.finish):
             step(out)
-        run = retriever.search(retriever.open_index(out), retriever.encode_queries(queries), len(pool))
-        per_query[alpha] = evaluate_run(qrels, run, [10])[1]
-        log.info("α=%g: pool nDCG@10 %.4f on %d selection queries", alpha,
-                 sum(per_query[alpha].values()) / max(len(per_query[alpha]), 1), len(per_query[alpha]))  # fmt: skip
+        doc_ids = retriever.open_index(out).ids
+        qids, qemb = retriever.encode_queries(queries)
+        scores[alpha] = _scores(retriever, out, (qids, qemb))
+        log.info("α=%g: %d selection queries × %d encoded passages scored", alpha, len(qids), len(doc_ids))
+    folds = fold_scores(scores, qids, doc_ids, plan.folds, pools, sample, len(index.ids), qrels)
+    for fold in folds:
+        log.info("fold of %d selection queries, pool %d: %s → α=%g", len(fold["select"]), fold["pool_size"],
+                 fold["scores"], fold["chosen"])  # fmt: skip
     for folder in tmp.iterdir():  # the pool and its encodings are scratch; the selection is the product
         if folder.is_dir():
             shutil.rmtree(folder)
-    return Selection(plan.protocol, plan.split, list(s.candidates()), fold_scores(per_query, plan.folds),
-                     len(pool), cfg.dataset.corpus_size)  # fmt: skip
+    return Selection(plan.protocol, plan.split, list(s.candidates()), folds, len(encoded), len(index.ids),
+                     s.sample_size)  # fmt: skip

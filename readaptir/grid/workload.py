@@ -65,8 +65,8 @@ def alpha_work(cfg: CellConfig, inputs: CellInputs) -> tuple[str, Work]:
     """``(protocol, work)`` of an ``alpha=auto`` cell's choice of α: pool encodings over every candidate,
     then at most one full readapted encoding per distinct chosen α (one fold, or up to the folds).
 
-    Without the data the protocol is unknown and the bound is cross-fitting's; a pool holds at most each
-    selection query's two top-``pool_depth`` lists and its judged passages (≈ 5), capped by the corpus.
+    Without the data the protocol is unknown and the bound is cross-fitting's; the encoded set holds at most
+    each selection query's two top-``pool_depth`` lists and the corpus sample, capped by the corpus.
     """
     from readaptir.grid.alpha import selection_split
 
@@ -77,7 +77,7 @@ def alpha_work(cfg: CellConfig, inputs: CellInputs) -> tuple[str, Work]:
     if not (inputs.eval_root / "qrels").is_dir():
         protocol = "crossfit (assumed: no qrels here yet)"
     n = len(s.candidates())
-    pool = min(cfg.dataset.corpus_size, s.max_queries * (2 * s.pool_depth + 5)) * n
+    pool = min(cfg.dataset.corpus_size, s.max_queries * 2 * s.pool_depth + s.sample_size) * n
     full = min(s.folds, n) if protocol.startswith("crossfit") else 1
     one = encode_work(cfg)
     per = one.tokens / max(one.passages, 1)

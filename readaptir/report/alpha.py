@@ -2,7 +2,8 @@
 
 For each model and dataset (adapter=in-domain, ablation=both): Base, RA at the fixed α (the paper's 0.5),
 RA with ``readapt.alpha=auto``, the α it chose (one per fold when cross-fitted) and auto − fixed. The plot
-shows each cell's selection score (pool nDCG@10 of the selection queries) against α, the curve the choice
+shows each cell's selection score (nDCG@10 of the selection queries, estimated on each fold's pool and the
+corpus sample, docs/method.md §8) against α, the curve the choice
 was made on, like Figure 2 shows RA − Base against corpus size.
 
     python -m readaptir.report alpha --results-dir cache/results --out experiments/alpha
@@ -43,7 +44,8 @@ def alpha_table(results: Results, models: Sequence[str], datasets: Sequence[str]
     )
     t.notes = [
         "α auto: chosen by nDCG@10 of selection queries (dev, else an unseen train split, else cross-fitted "
-        "test folds: (cv), one α per fold) on a candidate pool; never on the reported queries.",
+        "test folds: (cv), one α per fold), estimated on each fold's own pool plus a corpus sample "
+        "(docs/method.md §8); never on the reported queries. RA covers exactly Base's queries.",
         "— no result for this cell (not run with that α).",
     ]
     for d in datasets:
@@ -83,7 +85,7 @@ def selection_plot(
             for f in folds:
                 ax.axvline(f["chosen"], color=f"C{i}", lw=0.6, ls=":")
         ax.set_xlabel("α (knowledge adapter scale)")
-        ax.set_ylabel("selection nDCG@10 × 100 (pool)")
+        ax.set_ylabel("selection nDCG@10 × 100 (estimated)")
         ax.set_title(paper.display_name(m))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
