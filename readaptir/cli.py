@@ -9,6 +9,7 @@ own config groups with ``--config-dir DIR`` (new names, e.g. ``model=my-retrieve
     readaptir model=repllama dataset=scifact run.plan=true           # what one cell would compute
     readaptir -m model=repllama 'dataset=glob(*)' run.plan=true      # a sweep's plan, with its total
     readaptir -m experiment=table1                                    # Table 1's 28 cells
+    readaptir adapt retriever=<hub id or folder> corpus=<path>        # your corpus (readaptir/grid/adapt.py)
 
 Plan mode loads nothing and leaves nothing behind: its Hydra job folders go to a temporary folder that is
 removed at the end, and a sweep's plan ends with the total over the unique products of all its cells.
@@ -36,6 +37,23 @@ def _app(cfg: DictConfig) -> str:
     return run_job(cfg)
 
 
+@hydra.main(version_base="1.3", config_path="conf", config_name="adapt")
+def _adapt(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from readaptir.grid.adapt import run_adapt
+    from readaptir.grid.sweep import command_errors
+
+    with command_errors():
+        missing = sorted(k for k in OmegaConf.missing_keys(cfg) if "." not in k)
+        if missing:
+            from readaptir.config import ConfigError
+
+            raise ConfigError(f"readaptir adapt needs {' and '.join(f'{k}=...' for k in missing)}")
+        run_adapt(OmegaConf.to_container(cfg, resolve=True))
+
+
+SUBCOMMANDS = {"adapt": _adapt}
 _LAUNCHER_ARG = re.compile(r"^[+~]{0,2}hydra/launcher(=|$)")
 
 
@@ -45,6 +63,10 @@ def plan_requested(argv: list[str]) -> bool:
 
 def main() -> None:
     """Run the Hydra app; in plan mode keep its job folders out of the user's tree and print the total."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # `readaptir adapt ...`: its own Hydra entry
+        sub = SUBCOMMANDS[sys.argv.pop(1)]
+        sub()
+        return
     if not plan_requested(sys.argv[1:]):
         _app()
         return
