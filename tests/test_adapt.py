@@ -17,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from readaptir.config import CONF_DIR, CellConfig, ConfigError
-from readaptir.data.beir import DataError, RESOURCES, iter_corpus
+from readaptir.data.beir import RESOURCES, DataError, iter_corpus
 from readaptir.grid.adapt import prepare, run_adapt
 from readaptir.grid.keys import cell_keys
 from readaptir.readapt.model import build_readapted_model
