@@ -154,3 +154,29 @@ def test_the_command_prints_one_line_for_bad_input(tiny_llama, tmp_path):
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("readaptir: error:")]
     assert len(errors) == 1 and "no .txt/.md files" in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_adapt_then_evaluate_equals_the_grid_cell(tiny_llama, tmp_path):
+    """The toy corpus as .txt files → adapt → evaluate on the toy judgments = the grid cell's numbers."""
+    from readaptir.grid.cell import run_cell
+    from readaptir.grid.compare import run_evaluate
+
+    cache, docs = tmp_path / "cache", tmp_path / "docs"
+    docs.mkdir()
+    for i, p in enumerate(iter_corpus(RESOURCES / "toy")):  # title and text on one line, corpus order
+        (docs / f"{i:04d}.txt").write_text(f"{p.title} {p.text}".strip())
+    models = [f"model.pretrained={tiny_llama.pretrained}", f"model.retriever={tiny_llama.retriever}"]
+    grid = CellConfig.from_hydra(
+        _compose("config", [f"paths.cache_dir={cache}", *TRAIN, *models, "tracking.backend=none"])
+    )
+    record = run_cell(grid, tmp_path / "cell")
+    folder = run_adapt(
+        adapt_config(tmp_path, "model=tiny-llama", f"retriever={tiny_llama.retriever}", f"corpus={docs}")
+    )
+    raw = _compose("evaluate", [f"paths.cache_dir={cache}", "model=tiny-llama", f"retriever={tiny_llama.retriever}",
+                                f"readapted={folder}", "dataset=demo/toy", f"+run.out_dir={tmp_path / 'eval'}"])  # fmt: skip
+    out = run_evaluate(raw)
+    assert out["base_run"] == record.artifacts["base_run"]  # the grid's own product, reused
+    assert out["base"] == record.base
+    assert out["readapted"] == record.readapted and out["readapted"] != out["base"]
+    assert out["significance"]["p_value"] == pytest.approx(record.significance["p_value"])
