@@ -108,8 +108,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _parquet_rows(path: Path, fields: CorpusFields) -> Iterator[tuple[str, dict]]:
-    import pyarrow.parquet as pq
-
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'readaptir[corpora]'") from e
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     if fields.text not in names:

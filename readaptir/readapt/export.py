@@ -158,7 +158,7 @@ def usage_section(prompts: dict[str, str]) -> str:
         "```",
         "",
         "Ids are [BOS] + tokens + [EOS] (the tokenizer's post-processor appends EOS); the embedding is the",
-        "EOS position's hidden state (last-token pooling), L2-normalised. Under MTEB: "
-        '`mteb.evaluate(mteb.get_model("<folder>"), mteb.get_tasks(["NFCorpus"]))`.',
+        "EOS position's hidden state (last-token pooling), L2-normalised. Under MTEB (its `query` and "
+        '`document` prompts are the ones above): `mteb.evaluate(model, mteb.get_tasks(tasks=["NFCorpus"]))`.',
         "",
     ])  # fmt: skip
