@@ -180,3 +180,12 @@ def test_adapt_then_evaluate_equals_the_grid_cell(tiny_llama, tmp_path):
     assert out["base"] == record.base
     assert out["readapted"] == record.readapted and out["readapted"] != out["base"]
     assert out["significance"]["p_value"] == pytest.approx(record.significance["p_value"])
+
+
+def test_plan_mode_writes_nothing(txt_corpus, tiny_llama, tmp_path, capsys):
+    raw = adapt_config(tmp_path, "model=tiny-llama", f"retriever={tiny_llama.retriever}", f"corpus={txt_corpus}",
+                       "run.plan=true")  # fmt: skip
+    assert run_adapt(raw) is None
+    out = capsys.readouterr().out
+    assert out.count(" build ") == 4 and "not read yet" in out
+    assert not list((tmp_path / "cache").glob("corpus/corpus-*"))

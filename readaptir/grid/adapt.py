@@ -132,8 +132,11 @@ def corpus_identity(source: str, fields: CorpusFields, memo: Path) -> str:
     return f"xxh3:{h.hexdigest()}"
 
 
-def prepare_corpus(settings: AdaptSettings, store: ArtifactStore, memo: Path) -> tuple[Path, dict[str, Any]]:
-    """The corpus folder the stages read and its counts: a BeIR folder as it is, anything else converted."""
+def prepare_corpus(
+    settings: AdaptSettings, store: ArtifactStore, memo: Path, plan: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """The corpus folder the stages read and its counts: a BeIR folder as it is, anything else converted
+    (in plan mode only when already converted: a plan writes nothing)."""
     source = Path(settings.corpus).expanduser()
     if not settings.corpus.startswith(HF_PREFIX) and (source / "corpus.jsonl").is_file():
         from readaptir.data.checks import check_corpus
@@ -143,6 +146,8 @@ def prepare_corpus(settings: AdaptSettings, store: ArtifactStore, memo: Path) ->
     fields = settings.fields()
     key = make_key("corpus", {"source": corpus_identity(settings.corpus, fields, memo),
                               "fields": fields.__dict__, "version": 1})  # fmt: skip
+    if plan and not store.valid(key):
+        return store.path(key), {"source": "not read yet (plan mode): converted on the first run"}
     path = store.build("corpus", key, lambda tmp: write_corpus(settings.corpus, fields, tmp))
     return path, json.loads((path / "counts.json").read_text())
 
@@ -192,8 +197,9 @@ def prepare(container: dict[str, Any]) -> AdaptJob:
     pre_dir = resolve_model_dir(pretrained, cache)
     check_pair(pre_dir, ret_dir)
     kind = "lora" if is_adapter_folder(ret_dir) else "full"
-    root, counts = prepare_corpus(settings, ArtifactStore(cache), identity_dir(cfg))
-    size = counts.get("kept") or sum(1 for _ in open(root / "corpus.jsonl", "rb"))
+    root, counts = prepare_corpus(settings, ArtifactStore(cache), identity_dir(cfg), cfg.run.plan)
+    corpus_file = root / "corpus.jsonl"
+    size = counts.get("kept") or (sum(1 for _ in open(corpus_file, "rb")) if corpus_file.is_file() else 0)
     label = corpus_label(settings.corpus)
     cfg = cell_for(cfg, settings, pretrained, kind, label, size)
     inputs = CellInputs(root, root, knowledge_subset(label, "both", label, label, "test"))
