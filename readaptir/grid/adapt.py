@@ -35,15 +35,11 @@ from readaptir.fs import temp_sibling
 from readaptir.grid import stages
 from readaptir.grid.cell import open_store
 from readaptir.grid.keys import CellInputs, cell_products, identity_dir, resolve
+from readaptir.logs import ProgressLog
 from readaptir.models.hub import ModelFolders, hub_id, resolve_model_dir
 from readaptir.readapt.export import save_sentence_transformers, st_prompts
-from readaptir.readapt.weights import (
-    ReadaptError,
-    check_same_tensors,
-    is_adapter_folder,
-    layout,
-    load_adapter,
-)
+from readaptir.readapt.pair import base_of, check_pair, plan_models
+from readaptir.readapt.weights import is_adapter_folder
 from readaptir.runtime import Runtime
 from readaptir.store.artifacts import ArtifactStore, make_key
 from readaptir.store.identity import content_identity
@@ -81,42 +77,6 @@ def split_config(container: dict[str, Any]) -> tuple[AdaptSettings, CellConfig]:
     except ValidationError as e:
         raise ConfigError(config_line(e, own)) from None
     return settings, CellConfig.from_hydra(container)
-
-
-def base_of(retriever: Path, given: str | None) -> str:
-    """The pretrained model the retriever was fine-tuned from: ``given``, else what its PEFT config records."""
-    if given:
-        return given
-    if is_adapter_folder(retriever):
-        recorded = json.loads((retriever / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if recorded:
-            return str(recorded)
-    raise ConfigError(f"retriever {retriever} does not record its pretrained base (full weights, no PEFT "
-                      "base_model_name_or_path); pass pretrained=<hub id or folder> it was fine-tuned from")  # fmt: skip
-
-
-def check_pair(pretrained: Path, retriever: Path) -> None:
-    """Refuse, before any training, a retriever whose tensors do not match the pretrained model's."""
-    pre = layout(pretrained)
-    try:
-        if not is_adapter_folder(retriever):
-            check_same_tensors(pre, layout(retriever))
-            return
-        _, tensors = load_adapter(retriever)
-        for name, t in tensors.items():
-            if ".lora_A." not in name and ".lora_B." not in name:
-                continue
-            target = name.split(".lora_")[0].split("layers.", 1)[-1]
-            key = next((k for k in pre.shapes if k.endswith(f"layers.{target}.weight")), None)
-            shape = pre.shapes.get(key) if key else None
-            want = shape[1] if ".lora_A." in name else shape[0] if shape else None
-            got = t.shape[1] if ".lora_A." in name else t.shape[0]
-            if shape is None or got != want:
-                raise ReadaptError(f"adapter tensor {name!r} {list(t.shape)} fits no tensor of {pretrained} "
-                                   f"({key or 'none'} {list(shape) if shape else ''})")  # fmt: skip
-    except ReadaptError as e:
-        raise ReadaptError(f"retriever={retriever} and pretrained={pretrained} do not share architecture and "
-                           f"shapes ({e}); pass the pretrained= model it was fine-tuned from") from None  # fmt: skip
 
 
 def corpus_identity(source: str, fields: CorpusFields, memo: Path) -> str:
@@ -192,11 +152,16 @@ def prepare(container: dict[str, Any]) -> AdaptJob:
     """Resolve the models (base found or given, pair checked), prepare the corpus, compute every key."""
     settings, cfg = split_config(container)
     cache = cfg.paths.cache_dir
-    ret_dir = resolve_model_dir(settings.retriever, cache)
-    pretrained = base_of(ret_dir, settings.pretrained)
-    pre_dir = resolve_model_dir(pretrained, cache)
-    check_pair(pre_dir, ret_dir)
-    kind = "lora" if is_adapter_folder(ret_dir) else "full"
+    if cfg.run.plan:  # a plan downloads no weights: a Hub retriever's PEFT config alone names its base
+        pretrained, kind = plan_models(settings.retriever, settings.pretrained)
+        folders = ModelFolders(Path(pretrained), Path(settings.retriever))
+    else:
+        ret_dir = resolve_model_dir(settings.retriever, cache)
+        pretrained = base_of(ret_dir, settings.pretrained)
+        pre_dir = resolve_model_dir(pretrained, cache)
+        check_pair(pre_dir, ret_dir)
+        kind = "lora" if is_adapter_folder(ret_dir) else "full"
+        folders = ModelFolders(pre_dir, ret_dir)
     root, counts = prepare_corpus(settings, ArtifactStore(cache), identity_dir(cfg), cfg.run.plan)
     corpus_file = root / "corpus.jsonl"
     size = counts.get("kept") or (sum(1 for _ in open(corpus_file, "rb")) if corpus_file.is_file() else 0)
@@ -211,13 +176,18 @@ def prepare(container: dict[str, Any]) -> AdaptJob:
     max_len = max(m.query_max_len, m.passage_max_len)
     keys["export"] = make_key("export", {"format": "sentence-transformers", "prompts": prompts,
                                          "max_seq_length": max_len, "version": EXPORT_VERSION}, [keys["readapted"]])  # fmt: skip
-    return AdaptJob(settings, cfg, inputs, ModelFolders(pre_dir, ret_dir), runtime, products, keys, prompts,
+    return AdaptJob(settings, cfg, inputs, folders, runtime, products, keys, prompts,
                     max_len, counts)  # fmt: skip
 
 
 def run_adapt(container: dict[str, Any]) -> Path | None:
     """Run (or plan) the command on a resolved config; returns the sentence-transformers folder."""
     job = prepare(container)
+    with ProgressLog(job.cfg.run.progress_every_s):  # run.log shows progress during long stages
+        return _run(job)
+
+
+def _run(job: AdaptJob) -> Path | None:
     cfg, keys, m, label = job.cfg, job.keys, job.cfg.model, job.cfg.adapter.corpus
     print(f"corpus {job.settings.corpus}: {_counts_line(job.counts)} -> {job.inputs.knowledge_root}")
     if cfg.run.plan:

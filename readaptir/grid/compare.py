@@ -28,10 +28,10 @@ from readaptir.errors import config_line
 from readaptir.evaluate import evaluate_run, paired_test
 from readaptir.fs import atomic_write_json
 from readaptir.grid import stages
-from readaptir.grid.adapt import base_of, check_pair
 from readaptir.grid.cell import ensure_data, job_dir, open_store
 from readaptir.grid.keys import CellInputs, cell_products, resolve
 from readaptir.models.hub import ModelFolders, resolve_model_dir
+from readaptir.readapt.pair import base_of, check_pair
 from readaptir.readapt.weights import is_adapter_folder
 from readaptir.retrieval.runs import RUN_FILE, read_run
 from readaptir.runtime import Runtime
