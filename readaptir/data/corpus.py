@@ -9,7 +9,8 @@
 
 Field names are mapped by :class:`CorpusFields` (``corpus_fields.text=body`` ...). Passages whose text is
 empty, shorter than ``min_chars`` or longer than ``max_chars`` are dropped, and so are exact repeats of an
-earlier passage's title and text; the counts come back (:class:`CorpusCounts`). Bad input is one line
+earlier passage's title and text (``dedup=false`` keeps them: the grid's BeIR corpora are used whole); the
+counts come back (:class:`CorpusCounts`). Bad input is one line
 naming the file (and row) and the key to set.
 
     counts = write_corpus("my_docs/", CorpusFields(), out_dir)   # out_dir/corpus.jsonl
@@ -45,6 +46,7 @@ class CorpusFields:
     split: str = "train"  # of a ``hf:`` dataset
     min_chars: int = 1  # shorter passages (title + text) are dropped
     max_chars: int | None = None  # longer ones too (None: no limit)
+    dedup: bool = True  # drop exact repeats of an earlier passage (false: every row kept, as the grid does)
 
 
 @dataclass
@@ -224,7 +226,7 @@ def write_corpus(source: str | os.PathLike, fields: CorpusFields, out_dir: str |
                 counts.too_long += 1
                 continue
             digest = xxhash.xxh3_128_intdigest(f"{title.strip()}\0{text.strip()}".encode())
-            if digest in seen_text:
+            if fields.dedup and digest in seen_text:
                 counts.duplicates += 1
                 continue
             seen_text.add(digest)

@@ -66,7 +66,7 @@ class AdaptSettings(_Spec):
             return CorpusFields(**self.corpus_fields)
         except TypeError as e:
             raise ConfigError(f"config key corpus_fields: {e}; known: text, title, id, split, min_chars, "
-                              "max_chars") from None  # fmt: skip
+                              "max_chars, dedup") from None  # fmt: skip
 
 
 def split_config(container: dict[str, Any]) -> tuple[AdaptSettings, CellConfig]:
