@@ -9,6 +9,8 @@ own config groups with ``--config-dir DIR`` (new names, e.g. ``model=my-retrieve
     readaptir model=repllama dataset=scifact run.plan=true           # what one cell would compute
     readaptir -m model=repllama 'dataset=glob(*)' run.plan=true      # a sweep's plan, with its total
     readaptir -m experiment=table1                                    # Table 1's 28 cells
+    readaptir adapt retriever=<hub id or folder> corpus=<path>        # your corpus (readaptir/grid/adapt.py)
+    readaptir evaluate retriever=<...> readapted=<...> dataset=<name or folder>  # (readaptir/grid/compare.py)
 
 Plan mode loads nothing and leaves nothing behind: its Hydra job folders go to a temporary folder that is
 removed at the end, and a sweep's plan ends with the total over the unique products of all its cells.
@@ -20,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -36,6 +39,51 @@ def _app(cfg: DictConfig) -> str:
     return run_job(cfg)
 
 
+@hydra.main(version_base="1.3", config_path="conf", config_name="adapt")
+def _adapt(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from readaptir.grid.adapt import run_adapt
+    from readaptir.grid.sweep import command_errors
+
+    with command_errors():
+        missing = sorted(k for k in OmegaConf.missing_keys(cfg) if "." not in k)
+        if missing:
+            from readaptir.config import ConfigError
+
+            raise ConfigError(f"readaptir adapt needs {' and '.join(f'{k}=...' for k in missing)}")
+        run_adapt(OmegaConf.to_container(cfg, resolve=True))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def _evaluate(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from readaptir.grid.compare import run_evaluate
+    from readaptir.grid.sweep import command_errors
+
+    with command_errors():
+        if OmegaConf.is_missing(cfg, "retriever"):
+            from readaptir.config import ConfigError
+
+            raise ConfigError("readaptir evaluate needs retriever=<hub id or folder>")
+        run_evaluate(OmegaConf.to_container(cfg, resolve=True))
+
+
+def dataset_path_args(argv: list[str]) -> list[str]:
+    """``dataset=<folder>`` (a BeIR copy, not a name of conf/dataset/) becomes ``+data_path=<folder>``."""
+    out = []
+    for a in argv:
+        value = a.split("=", 1)[1] if a.startswith("dataset=") else None
+        if value and (
+            value.startswith(("/", "./", "../", "~")) or (Path(value).expanduser() / "corpus.jsonl").is_file()
+        ):
+            a = f"+data_path={value}"
+        out.append(a)
+    return out
+
+
+SUBCOMMANDS = {"adapt": _adapt, "evaluate": _evaluate}
 _LAUNCHER_ARG = re.compile(r"^[+~]{0,2}hydra/launcher(=|$)")
 
 
@@ -45,6 +93,11 @@ def plan_requested(argv: list[str]) -> bool:
 
 def main() -> None:
     """Run the Hydra app; in plan mode keep its job folders out of the user's tree and print the total."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # `readaptir adapt ...`: its own Hydra entry
+        sub = SUBCOMMANDS[sys.argv.pop(1)]
+        sys.argv = dataset_path_args(sys.argv)
+        sub()
+        return
     if not plan_requested(sys.argv[1:]):
         _app()
         return

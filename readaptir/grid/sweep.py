@@ -19,6 +19,8 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,15 @@ class SweepSummary(Callback):
             print(text, file=sys.stderr, flush=True)
         if code:
             sys.exit(code)
+
+
+@contextmanager
+def command_errors() -> Iterator[None]:
+    """A subcommand's bad input as one ``readaptir: error:`` line and exit 1 (a bug keeps its traceback)."""
+    try:
+        yield
+    except Exception as e:
+        if not isinstance(e, UserError) and storage_problem(e) is None:
+            raise
+        print(f"readaptir: error: {failure_reason(e)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILED)
