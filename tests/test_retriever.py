@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def recipe(**over) -> RetrieverTraining:
-    base = dict(dataset="toy", r=4, alpha=8, group_size=3, queries_per_batch=4, lr=1e-3, warmup_steps=0,
+    base = dict(dataset="toy", r=4, alpha=8, group_size=3, queries_per_batch=4, grad_accum_steps=1,
+                lr=1e-3, warmup_steps=0,
                 query_max_len=24, passage_max_len=48, bm25_depth=20, checkpoint_every=0, log_every=1)  # fmt: skip
     return RetrieverTraining(**{**base, **over})
 
@@ -54,12 +55,12 @@ def test_plan_follows_tevatron(toy):
     per_epoch = -(-len(train_q) // r.queries_per_batch)
     assert plan.total_steps == 2 * per_epoch and plan.queries == len(train_q)
     for epoch in range(2):
-        seen = [e.query for s in plan.steps[epoch * per_epoch : (epoch + 1) * per_epoch] for e in s]
+        seen = [e.query for s in plan.steps[epoch * per_epoch : (epoch + 1) * per_epoch] for m in s for e in m]
         assert sorted(seen) == train_q  # each training query once per epoch
-    for e in (e for s in plan.steps for e in s):
+    for e in (e for s in plan.steps for m in s for e in m):
         assert toy.qrels[e.query][e.positive] > 0 and len(e.negatives) == r.group_size - 1
         assert not set(e.negatives) & toy.judged[e.query]  # judged passages are never negatives
-    assert all(not e.negatives for s in build_plan(toy, recipe(group_size=1)).steps for e in s)
+    assert all(not e.negatives for s in build_plan(toy, recipe(group_size=1)).steps for m in s for e in m)
     assert build_plan(toy, recipe(max_steps=2)).total_steps == 2
 
 
@@ -90,7 +91,7 @@ def test_trained_retriever_has_repllamas_layout_and_learns(tmp_path, tiny_llama,
     assert stats["steps"] == 8 and stats["queries"] == 32
     # The learned LoRA, merged by RE-Adapt's arithmetic, separates a batch better than no LoRA (α=0 of Δ).
     tok = AutoTokenizer.from_pretrained(tiny_llama.pretrained)
-    q_rows, p_rows = _Texts(toy, spec, r, tok).rows(build_plan(toy, r).steps[0])
+    q_rows, p_rows = _Texts(toy, spec, r, tok).rows(build_plan(toy, r).steps[0][0])
     untrained = retriever_model(tiny_llama.pretrained, r, "x").eval()
     trained = load_base_retriever(tiny_llama.pretrained, tmp_path / "out")
     with torch.no_grad():
@@ -140,7 +141,11 @@ def test_two_processes_train_the_retriever_one_process_trains(tmp_path, tiny_lla
     and 2; a last step of 1 query is computed whole on both ranks). Without the gather, or without scaling
     the loss by the world size, the two adapters differ."""
     r = recipe(queries_per_batch=5, max_queries=11, dropout=0.0)  # dropout masks are drawn per rank
-    assert [len(s) for s in build_plan(TrainData.load(RESOURCES / "toy", "train"), r).steps] == [5, 5, 1]
+    assert [[len(m) for m in s] for s in build_plan(TrainData.load(RESOURCES / "toy", "train"), r).steps] == [
+        [5],
+        [5],
+        [1],
+    ]
     from ddp_retriever import Recorder
 
     rec = Recorder()
@@ -178,6 +183,7 @@ def _cell(tmp_path: Path, *overrides: str) -> CellConfig:
         cfg = compose(config_name="config", overrides=[
             "model=tiny-llama", "model.retriever=null", "+model.train_retriever.dataset=toy",
             "+model.train_retriever.r=4", "+model.train_retriever.max_steps=4", "+model.train_retriever.group_size=2",
+            "+model.train_retriever.grad_accum_steps=1",
             "+model.train_retriever.passage_max_len=48", "+model.train_retriever.warmup_steps=0",
             "dataset=demo/toy", "train.max_passages=8", "tracking.backend=none", "search.top_k=50",
             f"paths.data_dir={data}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])  # fmt: skip
