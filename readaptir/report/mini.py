@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from readaptir.report.results import DatasetMeta, Results, Selection
 from readaptir.report.table import Cell, Table
-from readaptir.report.tables import _common_notes, _ours_cell
+from readaptir.report.tables import _common_notes, _ours_cell, correct
 
 ABLATION_COLUMNS = ("both", "without", "with")
 
@@ -45,6 +45,7 @@ def mini_table(
     datasets: Sequence[str],
     selection: Selection = Selection(),
     meta: Mapping[str, DatasetMeta] | None = None,
+    correction: str = "holm",
 ) -> Table:
     """The table of the module docstring (``selection`` gives β, scaling and metric; α comes from the store)."""
     sel = selection
@@ -66,7 +67,10 @@ def mini_table(
                          _ours_cell(both, "readapted", at, dagger=True), _ours_cell(both, "delta", at),
                          _ours_cell(without, "delta", at, dagger=True), _ours_cell(with_, "delta", at, dagger=True)]  # fmt: skip
                 t.rows.append(([m, d, f"{a:g}"], cells))
-    t.notes = _common_notes(sel, "RA differs significantly from Base") + [
+    correct(t, correction, family=lambda labels: labels[0])  # rows are (model, dataset, α)
+    t.notes = _common_notes(
+        sel, "RA differs significantly from Base", correction, "each model's rows in its column"
+    ) + [  # fmt: skip
         "Untrained: the pretrained model with the retriever's prompts and EOS pooling, no LoRA.",
     ]
     return t
