@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from readaptir.report.results import CONF_DATASET_DIR, DatasetMeta, Results, Selection
+from readaptir.report.significance import _common_notes, _ours_cell, correct
 from readaptir.report.table import Cell, Table
-from readaptir.report.tables import _common_notes, _ours_cell, correct
 
 ABLATION_COLUMNS = ("both", "without", "with")
 

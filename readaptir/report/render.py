@@ -34,8 +34,9 @@ from readaptir.report.results import (
     load_dataset_meta,
     load_results,
 )
+from readaptir.report.significance import CORRECTIONS
 from readaptir.report.table import Table
-from readaptir.report.tables import CORRECTIONS, TABLE_BUILDERS, table1
+from readaptir.report.tables import TABLE_BUILDERS, table1
 from readaptir.report.variants import expected_variants
 
 log = logging.getLogger(__name__)
