@@ -154,7 +154,8 @@ class RetrieverTraining(_Spec):
 
     A PEFT LoRA over the bare ``AutoModel`` (FEATURE_EXTRACTION), the model's query/passage prompts, EOS
     pooling, InfoNCE at ``temperature`` over in-batch negatives plus ``group_size - 1`` BM25 hard negatives
-    per query; one epoch visits each ``split`` query once with one sampled positive.
+    per query (within a micro-batch of ``queries_per_batch`` queries); ``grad_accum_steps`` micro-batches make
+    one optimizer step; one epoch visits each ``split`` query once with one sampled positive.
     """
 
     dataset: Name  # BeIR dataset (in paths.data_dir) whose `split` qrels and corpus train the retriever
@@ -167,7 +168,8 @@ class RetrieverTraining(_Spec):
     )
     temperature: float = Field(0.01, gt=0)
     group_size: int = Field(16, ge=1)
-    queries_per_batch: int = Field(8, ge=1)
+    queries_per_batch: int = Field(8, ge=1)  # a micro-batch: in-batch negatives come from its queries only
+    grad_accum_steps: int = Field(16, ge=1)  # micro-batches per optimizer step: 8 × 16 = RepLLaMA's 128
     lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(100, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)  # used when warmup_steps = 0

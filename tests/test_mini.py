@@ -114,3 +114,17 @@ def test_mini_table_skips_cells_whose_results_come_from_other_settings():
     rows = {tuple(labels): [c.text() for c in cells] for labels, cells in t.rows}
     assert rows[("smollm2", "nfcorpus", "0.5")] == ["—", "—", "—", "—", "—", "—"]
     assert rows[("smollm2", "scifact", "0.5")][1:3] == ["50.0", "55.0"]
+
+
+def test_mini_table_on_subsets_says_they_are_not_beir():
+    """Subsets (a config with `subset:`) are named in the caption and notes; full datasets are not."""
+    cells = [
+        _record("scifact-mini", "both", 0.5, 0.5, 0.55, 0.04),
+        _record("scifact", "both", 0.5, 0.5, 0.55, 0.04),
+    ]
+    sub = mini_table(Results(cells), ["smollm2"], ["scifact-mini"], Selection())
+    full = mini_table(Results(cells), ["smollm2"], ["scifact"], Selection())
+    caption = sub.latex().split(r"\caption{", 1)[1].split(r"\label", 1)[0]
+    assert "not BeIR datasets" in caption and "30 scifact queries, 200 passages" in caption
+    assert any("compare with no BeIR number" in n for n in sub.notes)
+    assert "BeIR" not in full.markdown() and "BeIR" not in full.latex()

@@ -28,7 +28,7 @@ from readaptir.report.results import (
     load_results,
     parse_record,
 )
-from readaptir.report.table import DASH, DEMO_LINE, Cell, Table
+from readaptir.report.table import DASH, DEMO_LINE, Cell, Table, holm
 from readaptir.report.tables import table1, table2, table3
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
@@ -129,11 +129,11 @@ TABLE1_GOLDEN = """\
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 | MS MARCO | — | — | 46.5 | 46.1 | -0.4 | 46.5 | 46.1 | -0.4 | 36.5 | 40.1† | +3.6 | 36.5 | 40.1 | +3.6 |
 | FEVER | — | — | 84.1 | 83.8 | -0.3 | 84.0 | 83.8 | -0.2 | — | — | — | 85.1 | 87.7 | +2.6 |
-| SciFact | 68.6 | 64.5 | 74.5 | 76.4† | +1.9 | 74.5 | 76.3 | +1.8 | 71.4 | 73.3 | +1.9 | 71.4 | 73.3 | +1.9 |
+| SciFact | 68.6 | 64.5 | 74.5 | 76.4 | +1.9 | 74.5 | 76.3 | +1.8 | 71.4 | 73.3 | +1.9 | 71.4 | 73.3 | +1.9 |
 | Average | — | — | 68.4 | 68.8 | +0.4 | 68.3 | 68.7 | +0.4 | — | — | — | 64.3 | 67.0 | +2.7 |
 | Average zero-shot | — | — | 79.3 | 80.1 | +0.8 | 79.3 | 80.1 | +0.8 | 71.4 | 73.3 | +1.9 | 71.4 | 73.3 | +1.9 |
 
-- † RA differs significantly from Base (paired test on per-query NDCG@10, p < 0.05).
+- † RA differs significantly from Base (paired test on per-query NDCG@10, p < 0.05 after a Holm–Bonferroni correction over the datasets of its column; the CSV keeps the uncorrected (p) and adjusted (p Holm) p-values).
 - — no result for this cell at this selection (not run, not applicable, or failed).
 - Deltas are computed from unrounded scores, so they can differ by 0.1 from the rounded columns.
 - Average zero-shot leaves out the datasets each model saw in training (seen_by): BM25: none; MiniLM: MS MARCO; RepLLaMA: MS MARCO; e5-Mistral: MS MARCO, FEVER.
@@ -145,10 +145,43 @@ TABLE1_GOLDEN = """\
 def test_table1_markdown_golden(results, meta):
     # By hand: RepLLaMA Average = mean(46.5, 84.1, 74.5) = 68.37; zero-shot (fever, scifact) = 79.3 / 80.1;
     # e5-Mistral fever exists only at α=1.0, so its Average is "—" while its zero-shot (scifact only) is shown;
-    # daggers: repllama scifact p=0.03, e5 msmarco p=0.001 (e5 scifact p=0.08 gets none). The baselines
-    # (scifact only) come first; their averages need every dataset.
+    # daggers, Holm over each column's datasets: e5 msmarco p=0.001 (adjusted 0.002) gets one, e5 scifact
+    # p=0.08 none, repllama scifact p=0.03 none (3 datasets: adjusted 0.09). The baselines (scifact only)
+    # come first; their averages need every dataset.
     md = render_table1_markdown(results, datasets=["msmarco", "fever", "scifact"], meta=meta)
     assert md == TABLE1_GOLDEN
+
+
+def test_holm_marks_on_fixed_p_values():
+    """Holm at 0.05 over [0.01, 0.04, 0.03, 0.005]: 0.005×4 = 0.02 and 0.01×3 = 0.03 pass, then 0.03×2 = 0.06
+    stops; uncorrected, all four would be marked."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.01]) == pytest.approx([0.5, 0.02]) and holm([]) == []
+    t = Table("t", "t", ["Model", "Dataset"], [("", ["RA"])])
+    for i, p in enumerate([0.01, 0.04, 0.03, 0.005]):
+        t.rows.append((["a", f"d{i}"], [Cell(50.0, dagger=p < 0.05, p_value=p)]))
+    t.rows.append((["b", "d0"], [Cell(50.0, dagger=True, p_value=0.04)]))  # another model: its own family
+    t.rows.append((["a", "avg"], [Cell(50.0)]))  # untested cells are left alone
+    t.correct(0.05, family=lambda labels: labels[0])
+    assert [c.text() for _, (c,) in t.rows] == ["50.0†", "50.0", "50.0", "50.0†", "50.0†", "50.0"]
+    rows = list(csv.reader(t.csv().splitlines()))
+    assert rows[0] == ["Model", "Dataset", "RA", "RA p", "RA p Holm"]
+    assert [r[3:] for r in rows[1:]] == [["0.01", "0.03"], ["0.04", "0.06"], ["0.03", "0.06"], ["0.005", "0.02"],
+                                         ["0.04", "0.04"], ["", ""]]  # fmt: skip
+
+
+def test_table1_correction_none_keeps_uncorrected_marks(results, meta, tmp_path):
+    holm_t = table1(results, datasets=["msmarco", "fever", "scifact"], meta=meta)
+    plain = table1(results, datasets=["msmarco", "fever", "scifact"], meta=meta, correction="none")
+    assert (
+        _row(holm_t, "scifact")["RepLLaMA RA"] == "76.4" and _row(plain, "scifact")["RepLLaMA RA"] == "76.4†"
+    )
+    assert "Holm–Bonferroni-adjusted p $<$ 0.05" in holm_t.latex() and "not corrected" in plain.latex()
+    rows = {r["Dataset"]: r for r in csv.DictReader(holm_t.csv().splitlines())}
+    assert (rows["scifact"]["RepLLaMA RA p"], rows["scifact"]["RepLLaMA RA p Holm"]) == ("0.03", "0.09")
+    assert "RepLLaMA RA p Holm" not in next(csv.reader(plain.csv().splitlines()))
+    with pytest.raises(ValueError, match="unknown correction"):
+        table1(results, datasets=["scifact"], meta=meta, correction="bonferoni")
 
 
 def test_selection_override_picks_other_alpha(results, meta):
@@ -249,14 +282,14 @@ def test_cli_writes_all_formats_atomically(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["table1.csv", "table1.md", "table1.tex"]  # no temp files
     assert (out / "table1.md").read_text() == TABLE1_GOLDEN
     tex = (out / "table1.tex").read_text()
-    assert r"\toprule" in tex and r"\multicolumn{6}{c}{RepLLaMA}" in tex and r"76.4$^\dagger$" in tex
+    assert r"\toprule" in tex and r"\multicolumn{6}{c}{RepLLaMA}" in tex and r"40.1$^\dagger$" in tex
     assert r"$-$0.4" in tex and "Average zero-shot & -- & -- & 79.3 & 80.1" in tex
     rows = list(csv.reader((out / "table1.csv").open()))
     assert rows[0][:6] == ["Dataset", "Baselines BM25", "Baselines MiniLM", "RepLLaMA Base", "RepLLaMA RA",
                            "RepLLaMA RA p"]  # fmt: skip
-    assert rows[0][6] == "RepLLaMA RA-Base" and all(h.isascii() for h in rows[0])  # ASCII headers
-    assert rows[3][:7] == ["scifact", "68.6300", "64.5080", "74.5000", "76.4000", "0.03", "1.9000"]
-    assert rows[2][10:14] == ["", "", "", ""]  # e5-Mistral fever missing: empty, not a number
+    assert rows[0][6:8] == ["RepLLaMA RA p Holm", "RepLLaMA RA-Base"] and all(h.isascii() for h in rows[0])
+    assert rows[3][:8] == ["scifact", "68.6300", "64.5080", "74.5000", "76.4000", "0.03", "0.09", "1.9000"]
+    assert rows[2][11:15] == ["", "", "", ""]  # e5-Mistral fever missing: empty, not a number
 
 
 def test_cli_rejects_unknown_table(tmp_path):

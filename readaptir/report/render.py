@@ -36,6 +36,7 @@ from readaptir.report.results import (
     load_dataset_meta,
     load_results,
 )
+from readaptir.report.significance import CORRECTIONS
 from readaptir.report.table import Table
 from readaptir.report.tables import TABLE_BUILDERS, table1
 from readaptir.report.variants import expected_variants
@@ -88,10 +89,12 @@ def render(
     selection: Selection = Selection(),
     meta: Mapping[str, DatasetMeta] | None = None,
     baselines: Sequence[str] = paper.BASELINES,
+    correction: str = "holm",
 ) -> str:
     """Build table ``name`` (table1/table2/table3/figure2), write its files into ``out_dir``, return its Markdown.
 
-    ``baselines`` with results (base model only) get Table 1 columns before the retrievers."""
+    ``baselines`` with results (base model only) get Table 1 columns before the retrievers; ``correction``
+    (holm or none) decides the † marks."""
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose from {', '.join(TABLES)}")
     res = _as_results(results)
@@ -102,8 +105,8 @@ def render(
     if name == "alpha":
         return render_alpha(res, out_dir, models, ds, selection)
     if name == "table1":
-        return write_table(table1(res, models, ds, selection, meta, baselines), out_dir)
-    return write_table(BUILDERS[name](res, models, ds, selection, meta), out_dir)
+        return write_table(table1(res, models, ds, selection, meta, baselines, correction), out_dir)
+    return write_table(BUILDERS[name](res, models, ds, selection, meta, correction=correction), out_dir)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -126,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--scaling", default="delta", help="knowledge_scaling: delta or peft_scale")
     parser.add_argument("--metric", default="NDCG@10")
+    parser.add_argument("--correction", choices=CORRECTIONS, default="holm",
+                        help="multiple-comparison correction of the † marks over a column's datasets")  # fmt: skip
     parser.add_argument(
         "--conf-dir", default=str(CONF_DATASET_DIR), help="dataset configs (corpus_size, seen_by)"
     )
@@ -162,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required for tables and figures")
-    md = render(args.table, results, args.out, args.models, args.datasets, sel, meta, args.baselines)
+    md = render(
+        args.table, results, args.out, args.models, args.datasets, sel, meta, args.baselines, args.correction
+    )
     sys.stdout.write(md)
     log.info("wrote %s outputs to %s", args.table, args.out)
     return 0

@@ -1,8 +1,9 @@
 r"""A rendered table: numbers × 100 with one decimal, written as Markdown, LaTeX (booktabs) and CSV.
 
-Rounding is half away from zero like a printed table; "—" marks a missing cell; "†" a significant one. The
-CSV keeps unrounded values, the p-values and the dataset ids (ASCII headers), for anyone who wants to
-recompute a column; Markdown and LaTeX show BeIR's dataset names. The LaTeX is a float for a paper:
+Rounding is half away from zero like a printed table; "—" marks a missing cell; "†" a significant one, after
+a Holm–Bonferroni correction across the cells of a column family (:meth:`Table.correct`). The CSV keeps
+unrounded values, the uncorrected and the Holm-adjusted p-values and the dataset ids (ASCII headers), for
+anyone who wants to recompute a column; Markdown and LaTeX show BeIR's dataset names. The LaTeX is a float for a paper:
 ``table*`` (both columns of a two-column layout) when wide, shrunk to the text width if it must be, a ``\label`` of
 ``tab:<name>``, the caption without the "Table N." that LaTeX numbers itself. Preamble:
 ``\usepackage{booktabs,graphicx}``.
@@ -11,10 +12,11 @@ recompute a column; Markdown and LaTeX show BeIR's dataset names. The LaTeX is a
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from readaptir.grid.record import DEMO_NOTICE
@@ -31,7 +33,8 @@ class Cell:
     value: float | None
     signed: bool = False
     dagger: bool = False
-    p_value: float | None = None
+    p_value: float | None = None  # the paired test's p-value, uncorrected
+    p_adjusted: float | None = None  # Holm-adjusted within its column family (None: not corrected)
     label: str = ""  # a text cell (e.g. the α an auto cell chose) instead of a number
 
     def text(self) -> str:
@@ -45,6 +48,17 @@ class Cell:
         sign = "" if tenths == 0 else ("-" if self.value < 0 else ("+" if self.signed else ""))
         s = f"{sign}{tenths // 10}.{tenths % 10}"
         return s + (DAGGER if self.dagger else "")
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in input order: the k-th smallest of m becomes
+    ``max over j <= k of min(1, (m - j + 1) p_(j))``; "adjusted p < level" rejects exactly Holm's step-down
+    set at family-wise error ``level``."""
+    m, adjusted, running = len(p_values), [1.0] * len(p_values), 0.0
+    for k, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - k) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 @dataclass
@@ -69,6 +83,20 @@ class Table:
 
     def _labels(self, labels: list[str]) -> list[str]:
         return [self.names.get(x, x) for x in labels]
+
+    def correct(self, level: float, family: Callable[[list[str]], object] = lambda labels: ()) -> None:
+        """Holm–Bonferroni per column: the tested cells (with a p-value) of each column whose rows share
+        ``family(labels)`` are one family; each gets its adjusted p-value and † when it is below ``level``."""
+        for j in range(len(self.columns)):
+            groups: dict[object, list[int]] = {}
+            for i, (labels, cells) in enumerate(self.rows):
+                if cells[j].p_value is not None:
+                    groups.setdefault(family(labels), []).append(i)
+            for rows in groups.values():
+                adjusted = holm([self.rows[i][1][j].p_value for i in rows])  # type: ignore[misc]
+                for i, adj in zip(rows, adjusted, strict=True):
+                    cells = self.rows[i][1]
+                    cells[j] = dataclasses.replace(cells[j], p_adjusted=adj, dagger=adj < level)
 
     def markdown(self) -> str:
         lines = [self.title] + ([DEMO_LINE] if self.demo else []) + [""]
@@ -120,23 +148,29 @@ class Table:
         return "\n".join(out) + "\n"
 
     def csv(self) -> str:
-        """Unrounded values (× 100, 4 decimals), empty when missing; a p-value column after each marked column."""
+        """Unrounded values (× 100, 4 decimals), empty when missing; after each tested column its uncorrected
+        p-values ("<column> p") and, when corrected, the Holm-adjusted ones ("<column> p Holm")."""
         marked = [
             any(cells[j].p_value is not None for _, cells in self.rows) for j in range(len(self.columns))
         ]
+        holm_cols = [
+            any(cells[j].p_adjusted is not None for _, cells in self.rows) for j in range(len(self.columns))
+        ]
         header = list(self.stub)
-        for name, has_p in zip(self.columns, marked, strict=True):
-            header += [name] + ([f"{name} p"] if has_p else [])
+        for name, has_p, has_holm in zip(self.columns, marked, holm_cols, strict=True):
+            header += [name] + ([f"{name} p"] if has_p else []) + ([f"{name} p Holm"] if has_holm else [])
         header = [h.replace("−", "-") for h in header]  # ASCII headers: tools match "RA-Base" as typed
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(header)
         for labels, cells in self.rows:
             row = list(labels)
-            for cell, has_p in zip(cells, marked, strict=True):
+            for cell, has_p, has_holm in zip(cells, marked, holm_cols, strict=True):
                 row.append(cell.label or ("" if cell.value is None else f"{cell.value:.4f}"))
                 if has_p:
                     row.append("" if cell.p_value is None else f"{cell.p_value:.4g}")
+                if has_holm:
+                    row.append("" if cell.p_adjusted is None else f"{cell.p_adjusted:.4g}")
             writer.writerow(row)
         return buf.getvalue()
 

@@ -4,7 +4,8 @@ Every grid cell writes one ``results.json``; this module turns them into tables,
 always recomputed from the store, never typed in. A missing cell shows "—", never a number from elsewhere;
 an average is shown only when every cell it covers has a result. One selection (default α=0.5, β=1.0,
 scaling=delta) is rendered. RA − Base is computed from unrounded scores; "†" marks RA (or a delta against
-Base) when the cell's paired test on the same metric gives p < 0.05.
+Base) when the cell's paired test on the same metric gives p < 0.05 after a Holm–Bonferroni correction over
+the datasets of its column (one family per model and column; ``correction="none"``: uncorrected p).
 
     python -m readaptir.report table1 --results-dir cache/results --out experiments/table1
 """
@@ -24,7 +25,8 @@ from readaptir.report.results import (
     load_dataset_meta,
     meta_for,
 )
-from readaptir.report.table import DAGGER, DASH, Cell, Table
+from readaptir.report.significance import _common_notes, _ours_cell, correct
+from readaptir.report.table import DAGGER, Cell, Table
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +38,6 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(values) / len(values)  # type: ignore[arg-type]
 
 
-def _ours_cell(result: CellResult | None, which: str, sel: Selection, dagger: bool = False) -> Cell:
-    if result is None:
-        return Cell(None, signed=which == "delta")
-    value = result.delta(sel.metric) if which == "delta" else result.score(which, sel.metric)
-    p = result.significance.get("p_value") if dagger else None
-    mark = dagger and result.significant(sel.metric)
-    return Cell(value, signed=which == "delta", dagger=mark, p_value=None if p is None else float(p))
-
-
 def _header(number: int, what: str, sel: Selection, models: Sequence[str]) -> str:
     return (
         f"**Table {number}.** {what}; {sel.metric} × 100; {sel.describe()}; "
@@ -52,19 +45,16 @@ def _header(number: int, what: str, sel: Selection, models: Sequence[str]) -> st
     )
 
 
-def _common_notes(sel: Selection, what_dagger: str) -> list[str]:
-    return [
-        f"{DAGGER} {what_dagger} (paired test on per-query {sel.metric}, p < {SIGNIFICANCE_LEVEL:g}).",
-        f"{DASH} no result for this cell at this selection (not run, not applicable, or failed).",
-        "Deltas are computed from unrounded scores, so they can differ by 0.1 from the rounded columns.",
-    ]
-
-
-def _caption(what: str, sel: Selection) -> str:
-    """A plain-language LaTeX caption: what is shown, the metric, α and β (no config keys)."""
+def _caption(
+    what: str, sel: Selection, correction: str = "holm", over: str = "each column's datasets"
+) -> str:
+    """A plain-language LaTeX caption: what is shown, the metric, α and β, what † means (no config keys)."""
     metric = "nDCG@10" if sel.metric == "NDCG@10" else sel.metric
     scaling = "" if sel.knowledge_scaling == "delta" else f", knowledge scaled as {sel.knowledge_scaling}"
+    dagger = (f"Holm–Bonferroni-adjusted p < {SIGNIFICANCE_LEVEL:g} over {over}" if correction == "holm"
+              else f"p < {SIGNIFICANCE_LEVEL:g}, not corrected for multiple comparisons")  # fmt: skip
     return (f"{what} {metric} × 100; RE-AdaptIR with α = {sel.alpha:g}, β = {sel.beta:g}{scaling}. "
+            f"{DAGGER}: paired test against Base, {dagger}. "
             "Paper: the numbers reported by Fleshman & Van Durme (2024).")  # fmt: skip
 
 
@@ -87,9 +77,11 @@ def table1(  # size: one table, row by row
     selection: Selection = Selection(),
     meta: Mapping[str, DatasetMeta] | None = None,
     baselines: Sequence[str] = paper.BASELINES,
+    correction: str = "holm",
 ) -> Table:
     """Table 1: Base, RA, RA − Base per model (adapter=in-domain, ablation=both), beside the paper's; the
-    ``baselines`` that have results (base model only) in columns before the retrievers."""
+    ``baselines`` that have results (base model only) in columns before the retrievers. † per column of
+    ``models`` over its datasets (:func:`correct`)."""
     sel, meta = selection, load_dataset_meta() if meta is None else meta
     sub = ["Base", "RA", "RA−Base", "paper Base", "paper RA", "paper RA−Base"]
     in_paper = {m: m in paper.TABLE1 for m in models}  # the tiny demo models get no paper columns
@@ -103,7 +95,7 @@ def table1(  # size: one table, row by row
         names=_names(datasets),
         caption=_caption(
             "Base retrievers and RE-AdaptIR (RA, knowledge adapter trained on each dataset's own corpus)"
-            + (", with base-model baselines," if shown else "") + ":", sel,
+            + (", with base-model baselines," if shown else "") + ":", sel, correction,
         ),
     )  # fmt: skip
     # model -> dataset -> its cell (or None), kept to average over after the per-dataset rows.
@@ -146,7 +138,8 @@ def table1(  # size: one table, row by row
         f"{paper.display_name(m)}: {', '.join(paper.dataset_name(d) for d in datasets if d not in zero_shot[m]) or 'none'}"
         for m in [*shown, *models]
     )
-    t.notes = _common_notes(sel, "RA differs significantly from Base") + [
+    correct(t, correction)
+    t.notes = _common_notes(sel, "RA differs significantly from Base", correction) + [
         f"Average zero-shot leaves out the datasets each model saw in training (seen_by): {seen}.",
         "An average is shown only when every dataset it covers has a result.",
     ] + ([f"Baselines ({', '.join(paper.display_name(b) for b in shown)}): the base model only; RE-Adapt does "
@@ -168,8 +161,10 @@ def table2(
     datasets: Sequence[str] = paper.TABLE2_DATASETS,
     selection: Selection = Selection(),
     meta: Mapping[str, DatasetMeta] | None = None,
+    correction: str = "holm",
 ) -> Table:
     """Table 2: RA − Base with the in-domain knowledge corpus filtered by the eval qrels (without/with/both).
+    † per model and column over its datasets (:func:`correct`).
 
     ``meta`` is unused (no averages); it keeps the builders' signatures uniform for :func:`render`.
     """
@@ -187,7 +182,8 @@ def table2(
         names=_names(datasets),
         caption=_caption(
             "RA − Base with the knowledge adapter trained on the dataset's corpus without, with only, or with "
-            "all (both) of the passages judged relevant in the evaluated split:", sel,
+            "all (both) of the passages judged relevant in the evaluated split:", sel, correction,
+            "each model's datasets in a column",
         ),
     )  # fmt: skip
     found = 0
@@ -203,7 +199,9 @@ def table2(
                     Cell(paper.TABLE2.get(m, {}).get(d, {}).get(a), signed=True),
                 ]
             t.rows.append(([paper.display_name(m), d], cells))
-    t.notes = _common_notes(sel, "RA differs significantly from Base")
+    correct(t, correction, family=lambda labels: labels[0])  # rows are (model, dataset)
+    t.notes = _common_notes(sel, "RA differs significantly from Base", correction,
+                            "each model's datasets in its column")  # fmt: skip
     _warn_missing("table2", results, len(models) * len(datasets) * len(paper.ABLATIONS), found, sel)
     return t
 
@@ -214,6 +212,7 @@ def table3(
     datasets: Sequence[str] = paper.BEIR_DATASETS,
     selection: Selection = Selection(),
     meta: Mapping[str, DatasetMeta] | None = None,
+    correction: str = "holm",
 ) -> Table:
     """Table 3: knowledge adapter trained on MS-MARCO: RA_ms − Base and RA_ms − RA_in-domain (ablation=both).
 
@@ -234,7 +233,7 @@ def table3(
         names=_names(datasets),
         caption=_caption(
             "Knowledge adapter trained on MS MARCO (RA_ms) against the base retriever and against the in-domain "
-            "adapter (RA_in):", sel,
+            "adapter (RA_in):", sel, correction,
         ),
     )  # fmt: skip
     cols: dict[str, list[tuple[float | None, float | None]]] = {m: [] for m in models}
@@ -280,7 +279,8 @@ def table3(
             Cell(_mean([p and p[1] for p in ps]), signed=True),
         ]
     t.rows.append((["Average"], avg))
-    t.notes = _common_notes(sel, "RA_ms differs significantly from Base") + [
+    correct(t, correction)
+    t.notes = _common_notes(sel, "RA_ms differs significantly from Base", correction) + [
         "No significance is recorded for RA_ms − RA_in (two readapted runs are not paired-tested per cell).",
         "An average is shown only when every dataset it covers has a result.",
     ]

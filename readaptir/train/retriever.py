@@ -9,19 +9,24 @@ treats it like RepLLaMA: Δ is its merged LoRA.
 Training (Tevatron ``examples/repllama``): ids ``[bos] + tokens(prompt)[: max_len-2] + [eos]`` with the model
 config's query/passage prompts, mask-aware last-token (EOS) pooling, L2-normalised embeddings; InfoNCE with
 temperature 0.01 over each query's group (1 positive + ``group_size - 1`` BM25 hard negatives) and every
-other query's group in the batch; AdamW lr 1e-4 (HF Trainer defaults otherwise), linear schedule with 100
-warmup steps, gradient clipping at 1.0, one epoch; query/passage max lengths 32/196. The data plan:
-:mod:`~readaptir.train.retriever_data`. bf16 autocast on CUDA, float32 on CPU.
+other query's group in the micro-batch of ``queries_per_batch`` (8) queries; ``grad_accum_steps`` (16)
+micro-batches per optimizer step, the step's gradient that of their mean loss: 128 queries a step, as
+Tevatron's 8 per GPU × 4 accumulation × 4 GPUs without cross-device negatives; AdamW lr 1e-4 (HF Trainer
+defaults otherwise), linear schedule with 100 warmup steps, gradient clipping at 1.0, one epoch; query/passage
+max lengths 32/196. The data plan: :mod:`~readaptir.train.retriever_data`. bf16 autocast on CUDA, float32 on
+CPU.
 
-Under a multi-process launch (``accelerate launch``/torchrun) each step's queries are split across the ranks
-in contiguous shards; each rank encodes its shard, the embeddings are all-gathered (only the local block
-carries gradients, as Tevatron's ``negatives_cross_device``) and every rank computes the loss over the whole
-batch, scaled by the world size so that DDP's gradient mean is the single-process gradient: N GPUs train the
-same retriever as one (same batch, same negatives), N times faster. A step with fewer queries than ranks is
-computed whole on every rank. LoRA dropout draws its masks per rank, so runs are equal only without dropout.
+Under a multi-process launch (``accelerate launch``/torchrun) each micro-batch's queries are split across
+the ranks in contiguous shards; each rank encodes its shard, the embeddings are all-gathered (only the local
+block carries gradients, as Tevatron's ``negatives_cross_device``) and every rank computes the loss over the
+whole micro-batch, scaled by the world size so that DDP's gradient mean is the single-process gradient: N GPUs
+train the same retriever as one (same micro-batches, same negatives), N times faster. A micro-batch with fewer
+queries than ranks is computed whole on every rank. LoRA dropout draws its masks per rank, so runs are equal
+only without dropout.
 
-Checkpoints every ``checkpoint_every`` steps (adapter, optimizer, schedule, RNG states; the position is the
-step, since the plan is fixed) go to ``work_dir``: a killed run resumes and ends with the same adapter.
+Checkpoints every ``checkpoint_every`` optimizer steps, always between two steps (adapter, optimizer,
+schedule, RNG states; the position is the step, since the plan is fixed) go to ``work_dir``: a killed run
+resumes and ends with the same adapter.
 
     stats = train_retriever(pretrained_dir, "meta-llama/Llama-2-7b-hf", data_root, model_spec, recipe,
                             out_dir, work_dir)
@@ -29,6 +34,7 @@ step, since the plan is fixed) go to ``work_dir``: a killed run resumes and ends
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -160,6 +166,22 @@ def _step_loss(model, texts: _Texts, batch: list[Example], world: int, rank: int
     return info_nce(q, p, temperature), hi - lo
 
 
+def accumulate(model, texts: _Texts, micro: list[list[Example]], world: int, rank: int, pad_id: int, eos: int,
+               temperature: float, accelerator: Accelerator) -> tuple[float, int]:  # fmt: skip
+    """Back-propagate one optimizer step's micro-batches: the gradient of the mean of their InfoNCE losses
+    (each micro-batch's loss / ``len(micro)``, × the world size where sharded). DDP reduces the gradients
+    once, on the last micro-batch. Returns the mean loss and how many queries this rank encoded."""
+    total, encoded = 0.0, 0
+    for i, batch in enumerate(micro):
+        sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
+        with sync:
+            loss, n = _step_loss(model, texts, batch, world, rank, pad_id, eos, temperature, accelerator)
+            scale = (world if world > 1 and len(batch) >= world else 1) / len(micro)
+            accelerator.backward(loss * scale)
+        total, encoded = total + float(loss.detach()), encoded + n
+    return total / len(micro), encoded
+
+
 def train_retriever(
     pretrained: Path, base_ref: str, data_root: Path, spec: ModelSpec, recipe: RetrieverTraining,
     out_dir: Path, work_dir: Path, tracker: Tracker | None = None,
@@ -194,15 +216,11 @@ def train_retriever(
     first = last_loss = float("nan")
     t_run = time.time()
     for step in range(start, plan.total_steps):
-        batch = plan.steps[step]
-        loss, encoded = _step_loss(
-            model, texts, batch, world, rank, pad_id, eos, recipe.temperature, accelerator
+        micro = plan.steps[step]
+        value, encoded = accumulate(
+            model, texts, micro, world, rank, pad_id, eos, recipe.temperature, accelerator
         )
-        accelerator.backward(loss * world if world > 1 and len(batch) >= world else loss)
-        norm, value = (
-            float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)),
-            float(loss.detach()),
-        )
+        norm = float(torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm))
         if not math.isfinite(value) or not math.isfinite(norm):
             raise FloatingPointError(
                 f"retriever loss {value} / grad norm {norm} at step {step + 1}; last good checkpoint: {last}"
@@ -213,7 +231,7 @@ def train_retriever(
         optimizer.zero_grad(set_to_none=True)
         done, last_loss = step + 1, value
         first = last_loss if math.isnan(first) else first
-        counters["queries"] += len(batch)
+        counters["queries"] += sum(len(b) for b in micro)
         counters["encoded"] = counters.get("encoded", 0) + encoded  # by the main process
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.1e}", refresh=False)

@@ -4,6 +4,10 @@
   its queries and corpus. Training queries are those with a judged-relevant passage (score > 0) in the corpus.
 - One epoch visits each training query once, in a seeded order (a new one per epoch), with one positive
   chosen as ``(h(query) + epoch) mod n_positives`` (Tevatron's ``TrainDataset``), so epochs cycle positives.
+- Batches: micro-batches of ``queries_per_batch`` queries (the in-batch negatives of a query are the other
+  groups of its micro-batch, Tevatron without cross-device negatives); ``grad_accum_steps`` consecutive
+  micro-batches of an epoch make one optimizer step (the epoch's last step may hold fewer). ``max_steps``
+  counts optimizer steps.
 - Hard negatives: BM25's top ``bm25_depth`` for the query minus every passage judged for it in *any*
   qrels split (a judged passage is never a negative, whatever its score), shuffled with the query's seed
   and sliced per epoch; sampled with replacement when too few (Tevatron). ``group_size=1`` uses in-batch
@@ -56,9 +60,9 @@ class Example:
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """Every optimizer step's examples, in order."""
+    """Every optimizer step's micro-batches of examples, in order."""
 
-    steps: list[list[Example]]
+    steps: list[list[list[Example]]]  # step -> micro-batch -> examples
     queries: int  # training queries (before max_steps cuts the epoch)
 
     @property
@@ -67,9 +71,8 @@ class TrainPlan:
 
     def fingerprint(self, recipe: RetrieverTraining) -> str:
         """Identity of this run's data and recipe: a checkpoint of another run is refused."""
-        blob = json.dumps(
-            [recipe.determining(), [[(e.query, e.positive, e.negatives) for e in s] for s in self.steps]]
-        )
+        steps = [[[(e.query, e.positive, e.negatives) for e in m] for m in s] for s in self.steps]
+        blob = json.dumps([recipe.determining(), steps])
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -119,11 +122,12 @@ def build_plan(data: TrainData, recipe: RetrieverTraining) -> TrainPlan:
     n_neg = recipe.group_size - 1
     negatives = hard_negatives(data, qids, recipe.bm25_depth) if n_neg else {}
     corpus = sorted(data.passages)
-    per_epoch = math.ceil(len(qids) / recipe.queries_per_batch)
-    steps: list[list[Example]] = []
+    per_epoch, accum = math.ceil(len(qids) / recipe.queries_per_batch), recipe.grad_accum_steps
+    steps: list[list[list[Example]]] = []
     for epoch in range(recipe.epochs):
         order = list(qids)
         random.Random(recipe.seed + epoch).shuffle(order)
+        micro: list[list[Example]] = []
         for b in range(per_epoch):
             batch = []
             for q in order[b * recipe.queries_per_batch : (b + 1) * recipe.queries_per_batch]:
@@ -131,7 +135,8 @@ def build_plan(data: TrainData, recipe: RetrieverTraining) -> TrainPlan:
                 negs = negatives.get(q) or [d for d in corpus if d not in data.judged.get(q, ()) and d != q]
                 pos = positives[q][(h + epoch) % len(positives[q])]
                 batch.append(Example(q, pos, _negatives(negs, n_neg, h, epoch)))
-            steps.append(batch)
+            micro.append(batch)
+        steps += [micro[i : i + accum] for i in range(0, per_epoch, accum)]
     if recipe.max_steps is not None:
         steps = steps[: recipe.max_steps]
     return TrainPlan(steps, len(qids))
