@@ -50,6 +50,7 @@ def main() -> None:
         return
     from readaptir.grid import plan
 
+    args = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not _PLAN_ARG.match(a)]
     scratch = tempfile.mkdtemp(prefix="readaptir-plan-")
     # A plan runs here, in this process: a cluster launcher would submit one job per cell to print it (and
     # the sweep's total would never be seen), so its override is replaced by the basic launcher.
@@ -68,6 +69,8 @@ def main() -> None:
     if len(plan.PLANNED) > 1:
         print("\n[plan total] the sweep, each shared product counted once:")
         print(plan.summarize(plan.PLANNED, indent="    "))
+        print('\n[plan stages] on a cluster, the shared products first (README "Running the grid on SLURM"):')
+        print("\n".join(plan.stage_lines(plan.PLANNED, args, indent="    ")))
 
 
 if __name__ == "__main__":
