@@ -43,8 +43,23 @@ def plan_requested(argv: list[str]) -> bool:
     return any(_PLAN_ARG.match(a) for a in argv)
 
 
+def shadowed_configs(argv: list[str]) -> list[str]:
+    """Configs in ``--config-dir``/``-cd`` whose names the packaged ones take (Hydra would use those)."""
+    from pathlib import Path
+
+    from readaptir.config import CONF_DIR
+
+    dirs = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config-dir", "-cd")]
+    dirs += [a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
+    return [f"readaptir: warning: {f} is ignored: the packaged {f.relative_to(d)} comes first in Hydra's search "
+            f"path; give it a new name (e.g. {f.parent.name}=my-{f.stem})"
+            for d in map(Path, dirs) for f in sorted(d.glob("*/*.yaml")) if (CONF_DIR / f.relative_to(d)).is_file()]  # fmt: skip
+
+
 def main() -> None:
     """Run the Hydra app; in plan mode keep its job folders out of the user's tree and print the total."""
+    for line in shadowed_configs(sys.argv[1:]):
+        print(line, file=sys.stderr)
     if not plan_requested(sys.argv[1:]):
         _app()
         return

@@ -88,7 +88,9 @@ class _BarSafe(logging.StreamHandler):
 
         stream = getattr(self, "stream", None)
         with tqdm.get_lock():
-            bars = [b for b in list(getattr(tqdm, "_instances", ())) if not b.disable and _shares(b.fp, stream)]
+            bars = [
+                b for b in list(getattr(tqdm, "_instances", ())) if not b.disable and _shares(b.fp, stream)
+            ]
         if not bars:
             super().emit(record)
         elif _isatty(stream):
