@@ -25,7 +25,8 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(QPY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu hostile
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu hostile \
+        gpu-check gpu-bundle
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -58,8 +59,10 @@ demo: install ## embedded default: both tiny retrievers on the toy set, full pip
 	$(QPY) -m readaptir.report table1 --results-dir $(QRESULTS) --out outputs/demo \
 	    --models tiny-llama,tiny-mistral --datasets toy --experiment demo
 
-test: install ## the test suite (CPU; real-data tests run when READAPTIR_DATA points at BeIR copies)
-	$(QPY) -m pytest -m "not gpu" -q
+# Real BeIR copies for the real_data tests: READAPTIR_DATA, else ../shared/beir when it is there.
+TEST_DATA ?= $(or $(READAPTIR_DATA),$(wildcard $(abspath ../shared/beir)))
+test: install ## the test suite (CPU); the real-data tests too when READAPTIR_DATA or ../shared/beir is there
+	$(if $(TEST_DATA),READAPTIR_DATA=$(call q,$(TEST_DATA)) ,)$(QPY) -m pytest -m "not gpu" -q
 
 test-fast: install ## tests without the slow and real-data ones
 	$(QPY) -m pytest -m "not gpu and not slow and not real_data" -q
@@ -68,8 +71,10 @@ lint: install ## ruff lint + format check
 	$(QPY) -m ruff check readaptir tests experiments run.py
 	$(QPY) -m ruff format --check readaptir tests experiments run.py
 
-plan: install ## GPU-hours of the paper's Tables 1-3, then of the full grid (loads nothing, needs no data)
-	$(QPY) -m readaptir.grid.plan
+# PLAN_ARGS='--experiment table3 hydra/launcher=slurm': that table's stages only, as SLURM commands.
+PLAN_ARGS ?=
+plan: install ## GPU-hours of Tables 1-3 and the full grid, then each table's stages as commands (loads nothing)
+	$(QPY) -m readaptir.grid.plan $(foreach a,$(PLAN_ARGS),$(call q,$(a)))
 
 table1: install ## Table 1 (in-domain adapter, both models × 14 datasets) → experiments/table1/
 	$(SWEEP) experiment=table1
@@ -91,6 +96,19 @@ figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure
 BENCH_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 bench-gpu: ## GPU throughput of every training/encoding path at 7B shapes, ≤ 8 min → experiments/results/ (BENCH_ARGS="--shape tiny --device cpu": smoke test)
 	$(call q,$(BENCH_PY)) experiments/bench_gpu.py $(foreach a,$(BENCH_ARGS),$(call q,$(a)))
+
+# The GPU image's CPython (3.10, 3.11 or 3.12) for gpu-bundle; default: this one's.
+GPU_PY ?= $(shell $(BENCH_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+GPU_BUNDLE ?= gpu-bundle
+gpu-bundle: ## wheels a bare CUDA image (torch, transformers, peft, accelerate) lacks, Linux x86_64, GPU_PY=3.1x, ≤ 60 MiB → gpu-bundle/
+	rm -rf $(call q,$(GPU_BUNDLE))
+	$(call q,$(BENCH_PY)) experiments/gpu_check.py --bundle $(call q,$(GPU_BUNDLE)) --python $(call q,$(GPU_PY))
+
+gpu-check: ## first run on a GPU: GPU tests, bench-gpu, a tiny bf16 cell (FAISS-GPU if there), ≤ 8 min → experiments/results/
+	$(call q,$(BENCH_PY)) experiments/gpu_check.py $(foreach a,$(GPU_CHECK_ARGS),$(call q,$(a)))
+
+clean-demo: ## remove what make demo wrote: outputs/demo and the demo's results (its cache products stay, keyed)
+	rm -rf outputs/demo $(call q,$(RESULTS)/tiny-llama/toy) $(call q,$(RESULTS)/tiny-mistral/toy)
 
 mini: install ## mini reproduction on one GPU: SmolLM2 + its trained retriever, SciFact/NFCorpus, α sweep → experiments/mini/
 	$(SWEEP) experiment=mini

@@ -91,8 +91,23 @@ def plan_requested(argv: list[str]) -> bool:
     return any(_PLAN_ARG.match(a) for a in argv)
 
 
+def shadowed_configs(argv: list[str]) -> list[str]:
+    """Configs in ``--config-dir``/``-cd`` whose names the packaged ones take (Hydra would use those)."""
+    from pathlib import Path
+
+    from readaptir.config import CONF_DIR
+
+    dirs = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("--config-dir", "-cd")]
+    dirs += [a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
+    return [f"readaptir: warning: {f} is ignored: the packaged {f.relative_to(d)} comes first in Hydra's search "
+            f"path; give it a new name (e.g. {f.parent.name}=my-{f.stem})"
+            for d in map(Path, dirs) for f in sorted(d.glob("*/*.yaml")) if (CONF_DIR / f.relative_to(d)).is_file()]  # fmt: skip
+
+
 def main() -> None:
     """Run the Hydra app; in plan mode keep its job folders out of the user's tree and print the total."""
+    for line in shadowed_configs(sys.argv[1:]):
+        print(line, file=sys.stderr)
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # `readaptir adapt ...`: its own Hydra entry
         sub = SUBCOMMANDS[sys.argv.pop(1)]
         sys.argv = dataset_path_args(sys.argv)
@@ -103,6 +118,7 @@ def main() -> None:
         return
     from readaptir.grid import plan
 
+    args = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not _PLAN_ARG.match(a)]
     scratch = tempfile.mkdtemp(prefix="readaptir-plan-")
     # A plan runs here, in this process: a cluster launcher would submit one job per cell to print it (and
     # the sweep's total would never be seen), so its override is replaced by the basic launcher.
@@ -121,6 +137,8 @@ def main() -> None:
     if len(plan.PLANNED) > 1:
         print("\n[plan total] the sweep, each shared product counted once:")
         print(plan.summarize(plan.PLANNED, indent="    "))
+        print('\n[plan stages] on a cluster, the shared products first (README "Running the grid on SLURM"):')
+        print("\n".join(plan.stage_lines(plan.PLANNED, args, indent="    ")))
 
 
 if __name__ == "__main__":

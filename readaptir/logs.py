@@ -5,7 +5,12 @@
   reports of missing or mismatched weights still show), deprecation FutureWarnings raised inside
   transformers, PEFT, accelerate or torch, and the INFO/DEBUG lines of bm25s, FAISS, httpx and
   sentence-transformers (bm25s sets its own logger to DEBUG when imported, so a level is not enough).
-- :func:`main_logger` speaks on the main process only, without accelerate's ``[RANK 0]`` prefix.
+- :func:`main_logger` speaks on the main process only, without accelerate's ``[RANK 0]`` prefix; under a
+  multi-process launch (torchrun) the other ranks' console and ``run.log`` handlers keep only warnings,
+  so each INFO line appears once.
+- A log line never lands behind a progress bar's fragment: the console handlers write it on a line of its
+  own (on a terminal the bars are cleared and redrawn; in a file, a SLURM ``.err``, a newline ends the
+  fragment first).
 - :class:`ProgressLog` writes the state of every live progress bar into the log every few minutes, so
   ``run.log`` of a SLURM job shows progress during a stage that takes days (tqdm writes to the terminal).
 
@@ -68,6 +73,50 @@ def quiet_libraries() -> None:
     warnings.filterwarnings(
         "ignore", category=FutureWarning, module=r"(transformers|peft|accelerate|torch)(\.|$)"
     )
+    for handler in logging.getLogger().handlers:  # Hydra's console and run.log handlers
+        if not is_main():  # under torchrun every rank runs the app; rank 0 says what happens
+            _add_once(handler, _AtLeast(logging.WARNING))
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, _BarSafe):
+            handler.__class__ = _bar_safe(type(handler))
+
+
+class _BarSafe(logging.StreamHandler):
+    """Writes each record on a line of its own when a progress bar is mid-line on the same stream or terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        stream = getattr(self, "stream", None)
+        with tqdm.get_lock():
+            bars = [
+                b for b in list(getattr(tqdm, "_instances", ())) if not b.disable and _shares(b.fp, stream)
+            ]
+        if not bars:
+            super().emit(record)
+        elif _isatty(stream):
+            with tqdm.external_write_mode(file=stream):  # clear the bars, write, redraw them
+                super().emit(record)
+        else:  # a file: a bar's last refresh left the line open
+            for fp in {id(b.fp): b.fp for b in bars}.values():
+                fp.write("\n")
+            super().emit(record)
+
+
+def _bar_safe(cls: type) -> type:
+    return type(f"BarSafe{cls.__name__}", (_BarSafe, cls), {})
+
+
+def _isatty(stream) -> bool:  # noqa: ANN001 - any file-like object
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _shares(fp, stream) -> bool:  # noqa: ANN001
+    """A bar writing to ``fp`` shows in ``stream``: the same object, or both on the terminal."""
+    fp = getattr(fp, "_wrapped", fp)  # tqdm wraps sys.stderr
+    return fp is stream or (_isatty(fp) and _isatty(stream))
 
 
 class _MainOnly(logging.LoggerAdapter):

@@ -62,3 +62,41 @@ def test_progress_log_writes_live_bars_into_the_log(caplog):
         hidden.close()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
     assert lines and "encode msmarco" in lines[0] and "250/1000" in lines[0]
+
+
+def test_a_log_line_never_lands_behind_a_progress_bar(monkeypatch):
+    """The console (and a SLURM .err file) shared with a live bar: each log line starts a line of its own."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    monkeypatch.setattr(root, "handlers", [handler])  # only this one is changed
+    try:
+        quiet_libraries()
+        with tqdm(total=10, desc="encode", file=stream, mininterval=0) as bar:
+            bar.update(3)
+            logging.getLogger("readaptir.x").warning("Knowledge adapter: /cache/a")
+        lines = stream.getvalue().replace("\r", "\n").splitlines()
+        assert "[WARNING] Knowledge adapter: /cache/a" in lines, stream.getvalue()
+    finally:
+        root.removeHandler(handler)
+
+
+def test_other_ranks_keep_only_warnings_on_the_console(monkeypatch):
+    """Under torchrun every rank runs the app with Hydra's handlers: rank 1 must not repeat rank 0's lines."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream)
+    monkeypatch.setattr(root, "handlers", [handler])  # pytest's own handlers stay as they are
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        monkeypatch.setenv("RANK", "1")
+        quiet_libraries()
+        log = logging.getLogger("readaptir.y")
+        log.info("Loading retriever")
+        log.warning("a real problem")
+        assert stream.getvalue().splitlines() == ["a real problem"]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -184,3 +184,69 @@ def test_a_pinned_hub_revision_is_part_of_every_key(monkeypatch, tmp_path):
     assert asked == {"repo": "org/name", "revision": rev}
     hub.resolve_model_dir("org/name")
     assert asked == {"repo": "org/name", "revision": None}
+
+
+def test_stages_of_table3_build_what_its_sweep_needs(capsys):
+    """Stage 1 is exactly Table 3's adapters: the MS-MARCO one per model and the in-domain ones (FEVER's
+    serving Climate-FEVER), never MS-MARCO's with/without subsets; then base encodings, then the cells."""
+    from readaptir.grid.plan import experiment_cells
+
+    main(["--experiment", "table3", "hydra/launcher=slurm"])
+    out = capsys.readouterr().out.splitlines()
+    commands = [line.split() for line in out if line.strip().startswith("readaptir -m")]
+    assert all(c[2:4] == ["experiment=table3", "hydra/launcher=slurm"] for c in commands)
+
+    def cells(stage):
+        found = set()
+        for c in commands:
+            if stage in c:
+                g = dict(a.split("=", 1) for a in c if "=" in a)
+                found |= set(
+                    itertools.product(*(g[k].split(",") for k in ("model", "dataset", "adapter", "ablation")))
+                )
+        return found
+
+    adapters = cells("run.stage=adapters")
+    assert len(adapters) == 2 + 2 * 12 and all(c[3] == "both" for c in adapters)
+    assert {c for c in adapters if c[2] == "msmarco"} == {("repllama", "fever", "msmarco", "both"),
+                                                           ("e5-mistral", "fever", "msmarco", "both")}  # fmt: skip
+    assert not any(c[1] == "climate-fever" for c in adapters)  # FEVER's adapter serves it
+    assert len(cells("run.stage=base")) == 2 * 13  # one per model × dataset
+    later = cells("run.on_busy=exit")  # the cells, in two waves: the shared readapted report first
+    assert later == set(experiment_cells("table3")) and len(later) == 52
+    assert any("stage 1, adapters: 26 unique knowledge adapters to build" in line for line in out)
+
+
+def test_readme_slurm_commands_are_what_make_plan_prints(capsys):
+    from pathlib import Path
+
+    main(["--experiment", "table3", "hydra/launcher=slurm"])
+    printed = {line.strip() for line in capsys.readouterr().out.splitlines()}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Running the grid on SLURM")[1].split("\n### ")[0]
+    shown = [line.split("#")[0].strip() for line in section.splitlines() if line.startswith("readaptir -m")]
+    assert shown and all(line in printed for line in shown), shown
+    assert sum(line.startswith("readaptir -m") for line in printed) == len(shown)
+
+
+def test_config_dir_shadowed_by_a_packaged_name_is_warned(tmp_path):
+    from readaptir.cli import shadowed_configs
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "repllama.yaml").write_text("name: repllama\n")
+    (tmp_path / "model" / "my-retriever.yaml").write_text("name: my-retriever\n")
+    lines = shadowed_configs(["--config-dir", str(tmp_path), "model=repllama"])
+    assert len(lines) == 1 and "model/repllama.yaml is ignored" in lines[0]
+    assert shadowed_configs([f"--config-dir={tmp_path}"]) == lines
+
+
+def test_report_defaults_to_the_configured_results_store(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "READAPTIR_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "readaptir.report", "table1", "--out", str(tmp_path / "t1")],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert str(tmp_path / "cache" / "results") in out.stderr and (tmp_path / "t1" / "table1.md").is_file()

@@ -1,23 +1,19 @@
 """What a cell, a sweep or the paper's grid would compute, and roughly what it costs, loading nothing.
 
-Per cell (``readaptir model=repllama dataset=scifact run.plan=true``): the products the cell needs, by the
-same keys a run computes (:func:`readaptir.grid.keys.cell_keys`), which of them the store already has, and
-GPU-hour estimates. A sweep (``readaptir -m ... run.plan=true``) marks products an earlier cell of the
-sweep already plans (FEVER's adapter under Climate-FEVER, the MS-MARCO adapter under 13 BeIR cells) and
-ends with the total over unique products. ``make plan`` (``python -m readaptir.grid.plan``) prices the
-cells of the paper's Tables 1–3 (Figure 2 uses Table 1's), as ``conf/experiment/table{1,2,3}.yaml``
-sweep them, then the full product of the config groups on a line of its own.
+Per cell (``readaptir model=repllama dataset=scifact run.plan=true``): the products it needs, by the keys a
+run computes (:func:`readaptir.grid.keys.cell_keys`), which the store has, and GPU-hour estimates. A sweep
+marks products an earlier cell already plans and ends with the total over unique products, then its
+stages (:mod:`readaptir.grid.stageplan`). ``make plan`` prices the cells of Tables 1–3 as
+``conf/experiment/table{1,2,3}.yaml`` sweep them, the full product of the config groups, then each
+table's stages. Estimates need no data: ``conf/dataset/*.yaml`` ship ``corpus_tokens`` and
+``judged_passages``; tokens per passage are capped at the truncation lengths, over ``estimates:``.
 
-Estimates need no data: token counts and judged-relevant passages per dataset ship in
-``conf/dataset/*.yaml`` (``corpus_tokens``, ``judged_passages``, with their sources). Work is tokens,
-capped per passage at the truncation lengths (``train.max_tokens``, ``model.passage_max_len``), over the
-throughputs in ``estimates:`` (passages/s measured at ``tokens_per_passage`` tokens per passage).
-
-    python -m readaptir.grid.plan                       # Tables 1–3, then the full 168-cell product
+    python -m readaptir.grid.plan                       # Tables 1–3, the 168-cell product, the stages
     python -m readaptir.grid.plan --models repllama --datasets scifact,nfcorpus --adapters in-domain
-    python -m readaptir.grid.plan --list-adapters                 # one cell per unique adapter (overrides)
+    python -m readaptir.grid.plan --experiment table3 hydra/launcher=slurm  # its stages: the commands
 """
 
+# size: one cell, a sweep and the paper grid priced by one set of helpers, and their CLI (stages: stageplan.py).
 from __future__ import annotations
 
 import argparse
@@ -30,6 +26,7 @@ from pathlib import Path
 from readaptir.config import CONF_DIR, CellConfig
 from readaptir.grid.keys import CellInputs, cell_products, resolve
 from readaptir.grid.record import CellCoords
+from readaptir.grid.stageplan import stage_lines
 from readaptir.grid.workload import Work, alpha_work, encode_work, estimates, gpu_hours, train_work
 from readaptir.runtime import Runtime
 from readaptir.store.artifacts import ArtifactStore
@@ -260,17 +257,23 @@ def paper_report(product: Sequence[Sequence[str]], overrides: Sequence[str] = ()
 
 
 def unique_adapters(cfgs: Iterable[CellConfig]) -> list[str]:
-    """One line of Hydra overrides per unique knowledge adapter: the first cell that needs it (the list a
-    cluster builds first with ``run.stage=adapters``, one job per line)."""
+    """One line of overrides per unique knowledge adapter: the first cell that needs it."""
     seen: dict[str, str] = {}
     for cfg in cfgs:
-        p = plan_cell(cfg)
-        if "adapter" in p.keys and p.keys["adapter"] not in seen:
-            c = CellCoords.of(cfg)
-            seen[p.keys["adapter"]] = (
-                f"model={c.model} dataset={c.dataset} adapter={c.adapter} ablation={c.ablation}"
+        p, c = plan_cell(cfg), CellCoords.of(cfg)
+        if "adapter" in p.keys:
+            seen.setdefault(
+                p.keys["adapter"],
+                f"model={c.model} dataset={c.dataset} adapter={c.adapter} ablation={c.ablation}",
             )
     return list(seen.values())
+
+
+def experiment_stages(name: str, overrides: Sequence[str] = (), args: Sequence[str] = ()) -> str:
+    """An experiment's unique shared products and the commands of its stages (:mod:`readaptir.grid.stageplan`)."""
+    plans = [plan_cell(c) for c in grid_configs(experiment_cells(name), overrides)]
+    head = f'{name} (conf/experiment/{name}.yaml), in stages (README "Running the grid on SLURM"):'
+    return "\n".join([head, *stage_lines(plans, [f"experiment={name}", *overrides, *args])])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,19 +281,25 @@ def main(argv: list[str] | None = None) -> None:
     for group, default in (("models", PAPER_MODELS), ("datasets", ["the 14 in conf/dataset/"]),
                            ("adapters", ADAPTERS), ("ablations", ABLATIONS)):  # fmt: skip
         ap.add_argument(f"--{group}", help=f"comma-separated (default: {','.join(default)})")
-    ap.add_argument("--list-adapters", action="store_true", help="one line of overrides per unique adapter")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.batching=packed")
+    ap.add_argument(
+        "--experiment", action="append", help="only the stages of this conf/experiment/ (repeatable)"
+    )
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.batching=packed; hydra/launcher=slurm "
+                    "and other hydra/… hydra.… ones go into the stage commands only")  # fmt: skip
     a = ap.parse_args(argv)
+    args = [o for o in a.overrides if o.lstrip("+~").startswith(("hydra/", "hydra."))]
+    overrides = [o for o in a.overrides if o not in args]
     groups = [a.models, a.datasets, a.adapters, a.ablations]
     datasets = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
     full = [PAPER_MODELS, datasets, ADAPTERS, ABLATIONS]
     product = [g.split(",") if g else d for g, d in zip(groups, full, strict=True)]
-    if a.list_adapters:  # the shared products a cluster builds first (run.stage=adapters), one job a line
-        print("\n".join(unique_adapters(grid_configs(itertools.product(*product), a.overrides))))
+    if a.experiment:
+        print("\n\n".join(experiment_stages(e, overrides, args) for e in a.experiment))
     elif any(groups):  # an explicit grid
-        print(summarize(grid_configs(itertools.product(*product), a.overrides)))
-    else:
-        print(paper_report(product, a.overrides))
+        print(summarize(grid_configs(itertools.product(*product), overrides)))
+    else:  # make plan: the paper's totals, then the stages of each of its experiments
+        print(paper_report(product, overrides))
+        print("".join(f"\n\n{experiment_stages(e, overrides, args)}" for e in PAPER_EXPERIMENTS))
 
 
 if __name__ == "__main__":

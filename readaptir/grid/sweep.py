@@ -74,6 +74,21 @@ def run_job(cfg: Any) -> str:
     return status
 
 
+def end_line(job_dir: Path) -> str:
+    """A cell's end line from its job folder's ``results.json``: status, nDCG@10 (base → readapted), or why."""
+    try:
+        rec = json.loads((job_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return f"no readable results.json in {job_dir}"
+    status, metric = str(rec.get("status", "unknown")), "NDCG@10"
+    base, ra = (rec.get(k) or {} for k in ("base", "readapted"))
+    if status == "done" and metric in base:
+        scores = f"{metric} {base[metric]:.4f}" + (f" → {ra[metric]:.4f}" if metric in ra else "")
+        return f"done, {scores} ({job_dir})"
+    reason = rec.get("reason") or ""
+    return f"{status}{', ' + reason if reason else ''} ({job_dir})"
+
+
 def summarize(sweep_dir: Path, since: float = 0.0) -> tuple[str, int]:
     """The summary of the ``results.json`` files written under ``sweep_dir`` since ``since``, and the exit code."""
     cells: list[tuple[str, str, str]] = []
