@@ -18,7 +18,7 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(PY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu hostile
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu bench-scale clean-demo mini mini-cpu hostile
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ figure2: install ## Figure 2 (corpus size vs RA − Base) → experiments/figure
 BENCH_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 bench-gpu: ## GPU throughput of every training/encoding path at 7B shapes, ≤ 8 min → experiments/results/ (BENCH_ARGS="--shape tiny --device cpu": smoke test)
 	$(BENCH_PY) experiments/bench_gpu.py $(BENCH_ARGS)
+
+bench-scale: install ## peak RSS and time of tokens → index → search at 10k/100k/1M/8.8M passages (≈ 1–2 h on 2 CPU cores; not in CI) → experiments/results/
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) experiments/bench_scale.py $(SCALE_ARGS)
 
 mini: install ## mini reproduction on one GPU: SmolLM2 + its trained retriever, SciFact/NFCorpus, α sweep → experiments/mini/
 	$(SWEEP) experiment=mini

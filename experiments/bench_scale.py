@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1M": 1_000_000, "8.8M": 8_841_823}
-WORDS = (2, 9)  # words per synthetic passage, uniform in [2, 9): short, so 8.8M passages fit a shared 2-core CPU
+WORDS = (
+    2,
+    9,
+)  # words per synthetic passage, uniform in [2, 9): short, so 8.8M passages fit a shared 2-core CPU
 QUERIES, TOP_K = 100, 100
 GEN_BLOCK = 100_000
 
@@ -129,6 +133,7 @@ def run_stage(stage: str, root: Path, work: Path, dim: int) -> dict:
     ret, tiny = retriever(work, encoder, dim)
     out: dict = {}
     t0 = time.perf_counter()
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     if kind == "tokens":
         from readaptir.store.artifacts import ArtifactStore
         from readaptir.train.tokens import ensure_token_cache
@@ -152,6 +157,7 @@ def run_stage(stage: str, root: Path, work: Path, dim: int) -> dict:
         run = search(queries[0], queries[1], index, TOP_K, backend=variant)
         (work / f"run-{variant}.json").write_text(json.dumps(run))
     out["seconds"] = round(time.perf_counter() - t0, 2)
+    out["cpu_seconds"] = round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0, 2)
     return out
 
 
@@ -174,28 +180,27 @@ def stages(name: str, model_sizes: set[str], faiss_sizes: set[str]) -> list[str]
     return out + (["search:faiss"] if has_faiss and name in faiss_sizes else [])
 
 
-def spawn(stage: str, root: Path, work: Path, dim: int) -> dict:
-    """Run a stage in a fresh interpreter; its figures plus its peak RSS and whole wall time."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--stage",
-        stage,
-        "--root",
-        str(root),
-        "--work",
-        str(work),
-        "--dim",
-        str(dim),
-    ]
+def spawn(stages: list[str], root: Path, work: Path, dim: int) -> dict[str, dict]:
+    """Run stages at once, each in a fresh interpreter; their figures, peak RSS and whole wall time.
+
+    Independent stages (tokens, index) may run side by side: each process's peak RSS and CPU time are
+    its own, and on a CPU shared with other jobs two processes get their share of it sooner."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"stage {stage} on {root} failed:\n{proc.stderr[-3000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row["process_seconds"] = round(time.perf_counter() - t0, 2)
-    return row
+    procs, t0 = {}, time.perf_counter()
+    for stage in stages:
+        cmd = [sys.executable, __file__, "--stage", stage, "--root", str(root), "--work", str(work)]
+        cmd += ["--dim", str(dim)]
+        procs[stage] = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    rows = {}
+    for stage, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"stage {stage} on {root} failed:\n{err[-3000:]}")
+        rows[stage] = json.loads(out.strip().splitlines()[-1])
+        rows[stage]["process_seconds"] = round(time.perf_counter() - t0, 2)
+    return rows
 
 
 def same_topk(work: Path) -> dict | None:
@@ -216,12 +221,13 @@ def save(results: dict, out: Path) -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(merged, indent=1))
     os.replace(tmp, out)
-    lines = ["| passages | stage | seconds | peak RSS (MiB) |", "|---:|---|---:|---:|"]
+    lines = ["| passages | stage | seconds | CPU seconds | peak RSS (MiB) |", "|---:|---|---:|---:|---:|"]
     for size in sorted(merged["sizes"].values(), key=lambda v: v["passages"]):
         for stage, row in size["stages"].items():
-            lines.append(f"| {size['passages']:,} | {stage} | {row['seconds']} | {row['peak_rss_mb']:,.0f} |")
+            cells = f"{row['seconds']} | {row['cpu_seconds']} | {row['peak_rss_mb']:,.0f}"
+            lines.append(f"| {size['passages']:,} | {stage} | {cells} |")
         if size.get("stream_vs_faiss"):
-            lines.append(f"| {size['passages']:,} | stream vs faiss | {size['stream_vs_faiss']} | |")
+            lines.append(f"| {size['passages']:,} | stream vs faiss | {size['stream_vs_faiss']} | | |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -237,9 +243,12 @@ def drive(args) -> None:
         generate(SIZES[name], root)
         print(f"{name}: corpus ready in {time.perf_counter() - t0:.0f} s", flush=True)
         size = {"passages": SIZES[name], "load_before": os.getloadavg(), "stages": {}}
-        for stage in stages(name, set(args.model_sizes.split(",")), set(args.faiss_sizes.split(","))):
-            size["stages"][stage] = spawn(stage, root, work, args.dim)
-            print(name, stage, size["stages"][stage], flush=True)
+        todo = stages(name, set(args.model_sizes.split(",")), set(args.faiss_sizes.split(",")))
+        builds = [s for s in todo if not s.startswith("search")]
+        groups = [builds] if args.parallel else [[s] for s in builds]
+        for group in groups + [[s] for s in todo if s.startswith("search")]:  # searches read the stub index
+            size["stages"].update(spawn(group, root, work, args.dim))
+            print(name, {s: size["stages"][s] for s in group}, flush=True)
             results["sizes"][name] = size
             save(results, out)
         size["stream_vs_faiss"] = same_topk(work)
@@ -258,6 +267,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128, help="stub embedding dimension")
     ap.add_argument("--model-sizes", default="10k", help="sizes also indexed with the tiny LLaMA")
     ap.add_argument("--faiss-sizes", default="10k,100k,1M", help="sizes also searched with FAISS")
+    ap.add_argument("--parallel", action="store_true", help="run the tokens and index stages side by side")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic data and products")
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--stage"), ap.add_argument("--root", type=Path), ap.add_argument("--work", type=Path)
