@@ -145,6 +145,7 @@ def test_token_cache_written_in_batches_is_the_same_cache(tmp_path, monkeypatch)
     assert (tmp_path / "c" / "offsets.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
     cache = TokenCache(tmp_path / "c")
     assert isinstance(cache.doc_ids, LineIds) and cache.doc_ids == [d for d, _ in items]
+    assert isinstance(cache.offsets, np.memmap)  # 8 bytes per passage stay on disk until read
     assert [cache.get(i).tolist() for i in range(10)] == [r for _, r in items]
     assert cache.select(exclude={"d1", "d9"}).tolist() == [0, 2, 3, 4, 5, 6, 7, 8]
     assert not (tmp_path / "c" / "offsets.raw").exists()
