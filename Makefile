@@ -25,8 +25,8 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(QPY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu clean-demo mini mini-cpu hostile \
-        gpu-check gpu-bundle
+.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu bench-scale clean-demo mini \
+        mini-cpu hostile gpu-check gpu-bundle
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-11s\033[0m %s\n", $$1, $$2}'
@@ -109,6 +109,9 @@ gpu-check: ## first run on a GPU: GPU tests, bench-gpu, a tiny bf16 cell (FAISS-
 
 clean-demo: ## remove what make demo wrote: outputs/demo and the demo's results (its cache products stay, keyed)
 	rm -rf outputs/demo $(call q,$(RESULTS)/tiny-llama/toy) $(call q,$(RESULTS)/tiny-mistral/toy)
+
+bench-scale: install ## peak RSS and time of tokens → index → search at 10k/100k/1M/8.8M passages (≈ 1–2 h on 2 CPU cores; not in CI) → experiments/results/
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(QPY) experiments/bench_scale.py $(foreach a,$(SCALE_ARGS),$(call q,$(a)))
 
 mini: install ## mini reproduction on one GPU: SmolLM2 + its trained retriever, SciFact/NFCorpus, α sweep → experiments/mini/
 	$(SWEEP) experiment=mini

@@ -60,9 +60,15 @@ def test_bad_backend(tmp_path):
         search(["q"], m[:1], corpus, backend="annoy")
 
 
-def test_auto_backend_streams_corpora_too_big_for_faiss():
-    assert auto_backend((5183, 4096), 32) == "faiss"
-    assert auto_backend((8_841_823, 4096), 32) == "stream"  # MS-MARCO: 135 GiB as float32
+def test_auto_backend_uses_faiss_only_on_a_gpu_that_holds_twice_the_float32_corpus():
+    gib = 2**30
+    assert auto_backend((5183, 4096), 32, gpu_free_bytes=80 * gib) == "faiss"  # SciFact: 81 MiB float32
+    assert auto_backend((5183, 4096), 32, gpu_free_bytes=0) == "stream"  # host: streaming is faster
+    assert auto_backend((8_841_823, 4096), 32, gpu_free_bytes=80 * gib) == "stream"  # MS-MARCO: 135 GiB
+    # SmolLM2 on MS-MARCO: 20.3 GiB as float32, ≈ 41 GiB while FAISS grows it: over faiss_max_gb=32.
+    assert auto_backend((8_841_823, 576), 32, gpu_free_bytes=80 * gib) == "stream"
+    assert auto_backend((8_841_823, 576), 64, gpu_free_bytes=30 * gib) == "stream"  # over free memory
+    assert auto_backend((8_841_823, 576), 64, gpu_free_bytes=60 * gib) == "faiss"
 
 
 def test_without_faiss_auto_streams_and_faiss_is_a_clear_error(tmp_path, monkeypatch):

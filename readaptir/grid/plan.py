@@ -137,7 +137,7 @@ def describe_cell(cfg: CellConfig, earlier: Sequence[CellPlan] = ()) -> str:
     if "retriever" in p.missing and t is not None:
         steps.append(
             f"train the retriever on {t.dataset} {t.split} (LoRA "
-            f"r={t.r}, {t.epochs} epoch(s) of {t.queries_per_batch} queries × group {t.group_size})"
+            f"r={t.r}, {t.epochs} epoch(s), steps of {t.queries_per_batch}×{t.grad_accum_steps} queries × group {t.group_size})"
         )
     if "adapter" in p.missing:
         what = f"train {cfg.adapter.method} adapter on {cfg.adapter.corpus} ({cfg.ablation.name}, {cfg.train.batching} batching)"

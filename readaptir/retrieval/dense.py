@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +31,10 @@ from readaptir.retrieval.base import IndexBuild, Run
 from readaptir.retrieval.embeddings import CorpusEmbeddings, corpus_index_build
 from readaptir.retrieval.prompts import EncodeError, build_input_ids, format_query
 from readaptir.retrieval.search import search
+from readaptir.store.rows import Ragged
 
 if TYPE_CHECKING:  # annotations only: the GPU benchmark imports this module without pydantic
     from readaptir.config import DatasetSpec, EncodeSettings, ModelSpec, SearchSettings
-
-log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -166,7 +164,7 @@ def encode_ids(
     padding-free packed rows of at most ``token_budget`` tokens and ``max_batch_size`` passages (the model
     must use the ``readaptir_varlen`` implementation, :func:`readaptir.attention.interface.set_attention`).
     """
-    lengths = [len(r) for r in rows]
+    lengths = rows.lengths.tolist() if isinstance(rows, Ragged) else [len(r) for r in rows]
     if attention == "varlen":
         budget = max(token_budget, max(lengths, default=0))  # a passage longer than the budget: its own row
         batches = [np.asarray(b) for b in pack_rows(lengths, budget, max_batch_size)]
@@ -255,8 +253,8 @@ class DenseRetriever:
         p = self.prompts
         dim = int(backbone(self.model).config.hidden_size)
 
-        def to_rows(texts: list[str]) -> list[list[int]]:
-            return build_input_ids(self.tokenizer, texts, p.passage_max_len)
+        def to_rows(texts: list[str]) -> Ragged:  # one flat array per chunk, not a list per passage
+            return Ragged.of(build_input_ids(self.tokenizer, texts, p.passage_max_len))
 
         return corpus_index_build(
             corpus_root, p.passage_template, dim, to_rows, self.encoder(), self.shard[0]

@@ -8,6 +8,7 @@ and stored as an artifact keyed by the corpus contents and the tokenizer files:
     <cache>/tokens/tokens-<hash>/ids.bin       all token ids, concatenated (uint16 when the vocabulary fits)
                                  offsets.npy   int64 [N+1]: passage i is ids[offsets[i]:offsets[i+1]]
                                  doc_ids.txt   one doc id per line, row order = corpus.jsonl order
+                                               (read as a stream, never as a list of N strings)
                                  meta.json     dtype, counts, tokenizer class
 
 Ids hold ``passage_training_text(p)`` tokenized with ``add_special_tokens=False`` and *not truncated*:
@@ -17,9 +18,11 @@ cache. Ablation subsets select rows by doc id (:meth:`TokenCache.select`), never
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +32,7 @@ from tqdm.auto import tqdm
 
 from readaptir.data.beir import iter_corpus, passage_training_text
 from readaptir.store.artifacts import ArtifactStore
+from readaptir.store.rows import LineIds
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ TOKENIZE_BATCH = 4096  # passages per tokenizer call: large enough for the Rust 
 
 
 class TokenCache:
-    """Read-only view of a finished token cache folder (ids memory-mapped, offsets in memory)."""
+    """Read-only view of a finished token cache folder (ids and offsets memory-mapped)."""
 
     def __init__(self, path: str | os.PathLike, key: str = "") -> None:
         self.path = Path(path)
@@ -46,7 +50,8 @@ class TokenCache:
         if not meta_path.is_file():
             raise FileNotFoundError(f"{self.path}: not a token cache (meta.json missing)")
         self.meta = json.loads(meta_path.read_text())
-        self.offsets = np.load(self.path / "offsets.npy")
+        # Memory-mapped: 8 bytes per passage (71 MB for MS-MARCO) stay on disk until read.
+        self.offsets = np.load(self.path / "offsets.npy", mmap_mode="r")
         n_tokens = int(self.offsets[-1])
         # np.memmap refuses zero-length files; an empty corpus gets an empty array instead.
         self.ids = (
@@ -59,13 +64,12 @@ class TokenCache:
         return len(self.offsets) - 1
 
     @cached_property
-    def doc_ids(self) -> list[str]:
-        """Doc ids in row order (loaded on first use: 8.84M short strings for MS-MARCO)."""
-        with open(self.path / "doc_ids.txt", encoding="utf-8") as f:
-            ids = f.read().split("\n")[:-1]
-        if len(ids) != len(self):
-            raise ValueError(f"{self.path}: {len(ids)} doc ids for {len(self)} passages; delete the folder")
-        return ids
+    def doc_ids(self) -> LineIds:
+        """Doc ids in row order, streamed from ``doc_ids.txt`` (no string per passage held in memory)."""
+        n = _count_lines(self.path / "doc_ids.txt")
+        if n != len(self):
+            raise ValueError(f"{self.path}: {n} doc ids for {len(self)} passages; delete the folder")
+        return LineIds(self.path / "doc_ids.txt", n)
 
     @cached_property
     def lengths(self) -> np.ndarray:
@@ -82,8 +86,8 @@ class TokenCache:
         """Row indices (ascending) whose doc id is in ``include`` (when given) and not in ``exclude``."""
         inc = None if include is None else frozenset(include)
         exc = frozenset(exclude or ())
-        rows = [i for i, d in enumerate(self.doc_ids) if (inc is None or d in inc) and d not in exc]
-        return np.asarray(rows, dtype=np.int64)
+        rows = (i for i, d in enumerate(self.doc_ids) if (inc is None or d in inc) and d not in exc)
+        return np.fromiter(rows, dtype=np.int64)
 
 
 def write_token_cache(
@@ -92,31 +96,62 @@ def write_token_cache(
     vocab_size: int,
     extra_meta: dict | None = None,
 ) -> None:
-    """Stream ``(doc_id, token_ids)`` pairs into a cache folder (used for corpora and synthetic benchmarks)."""
+    """Stream ``(doc_id, token_ids)`` pairs into a cache folder (used for corpora and synthetic benchmarks).
+
+    Pairs are written ``TOKENIZE_BATCH`` at a time and offsets go to disk as they are known, so memory
+    stays one batch at any corpus size."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-    offsets = [0]
-    with open(out / "ids.bin", "wb") as ids_f, open(out / "doc_ids.txt", "w", encoding="utf-8") as doc_f:
-        for doc_id, ids in items:
-            if "\n" in doc_id:
-                raise ValueError(f"doc id {doc_id!r} contains a newline; the token cache cannot store it")
-            arr = np.asarray(ids, dtype=np.int64)
-            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-                raise ValueError(f"doc {doc_id!r}: token id outside [0, {vocab_size})")
-            ids_f.write(arr.astype(dtype).tobytes())
-            doc_f.write(doc_id + "\n")
-            offsets.append(offsets[-1] + arr.size)
-    np.save(out / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    n = tokens = 0
+    with (
+        open(out / "ids.bin", "wb") as ids_f,
+        open(out / "doc_ids.txt", "w", encoding="utf-8") as doc_f,
+        open(out / "offsets.raw", "wb") as off_f,
+    ):
+        off_f.write(np.zeros(1, dtype=np.int64).tobytes())
+        items = iter(items)
+        while batch := list(itertools.islice(items, TOKENIZE_BATCH)):
+            doc_ids, flat, lengths = _checked_batch(batch, vocab_size)
+            ids_f.write(flat.astype(dtype).tobytes())
+            doc_f.write("".join(d + "\n" for d in doc_ids))
+            off_f.write((tokens + np.cumsum(lengths)).astype(np.int64).tobytes())
+            n, tokens = n + len(batch), tokens + int(lengths.sum())
+    _npy_from_raw(out / "offsets.raw", out / "offsets.npy", n + 1)
     meta = {
         "format": FORMAT_VERSION,
         "dtype": np.dtype(dtype).name,
-        "passages": len(offsets) - 1,
-        "tokens": offsets[-1],
+        "passages": n,
+        "tokens": tokens,
         "vocab_size": vocab_size,
         **(extra_meta or {}),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _checked_batch(batch: list[tuple[str, Sequence[int]]], vocab_size: int):
+    """``(doc ids, all token ids as one int64 array, lengths)`` of a batch, refusing ids a cache cannot hold."""
+    doc_ids = [d for d, _ in batch]
+    for doc_id in doc_ids:
+        if "\n" in doc_id:
+            raise ValueError(f"doc id {doc_id!r} contains a newline; the token cache cannot store it")
+    lengths = np.fromiter((len(r) for _, r in batch), dtype=np.int64, count=len(batch))
+    flat = np.fromiter(
+        itertools.chain.from_iterable(r for _, r in batch), dtype=np.int64, count=int(lengths.sum())
+    )
+    bad = np.flatnonzero((flat < 0) | (flat >= vocab_size))
+    if len(bad):
+        row = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
+        raise ValueError(f"doc {doc_ids[row]!r}: token id outside [0, {vocab_size})")
+    return doc_ids, flat, lengths
+
+
+def _npy_from_raw(raw: Path, out: Path, n: int) -> None:
+    """``out`` (.npy, int64 [n], what ``np.save`` writes) from a file of raw int64s, copied in blocks."""
+    with open(out, "wb") as f, open(raw, "rb") as src:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (n,)})
+        shutil.copyfileobj(src, f, 1 << 24)
+    raw.unlink()
 
 
 def _count_lines(path: Path) -> int:
