@@ -105,7 +105,9 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, line.removeprefix("\ufeff") if lineno == 1 else line
 
 
-def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of a JSONL file, blank lines skipped; broken JSON, a line that is not an
+    object, or one without a ``required`` field is refused naming file and line."""
     for lineno, line in text_lines(path):
         if not line.strip():
             continue
@@ -113,7 +115,9 @@ def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, di
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-        if not isinstance(row, dict) or any(k not in row for k in required):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: a JSON object per line is needed, got {type(row).__name__}")
+        if any(k not in row for k in required):
             missing = [k for k in required if not isinstance(row, dict) or k not in row]
             raise DataError(f"{path}:{lineno}: missing field(s) {missing}; each line needs {list(required)}")
         yield lineno, row
@@ -126,7 +130,7 @@ def iter_corpus(
 ) -> Iterator[Passage]:
     """Stream ``corpus.jsonl`` one passage at a time, optionally keeping only / dropping some doc ids."""
     path = Path(root) / "corpus.jsonl"
-    for lineno, row in _iter_jsonl(path, ("_id", "text")):
+    for lineno, row in iter_jsonl(path, ("_id", "text")):
         doc_id = str(row["_id"])
         if doc_ids is not None and doc_id not in doc_ids:
             continue
@@ -137,7 +141,7 @@ def iter_corpus(
 
 def iter_doc_ids(root: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """``(line number, doc id)`` of every passage of ``corpus.jsonl`` (what the dataset checks need)."""
-    for lineno, row in _iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
+    for lineno, row in iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
         yield lineno, str(row["_id"])
 
 
@@ -156,7 +160,7 @@ def load_queries(root: str | os.PathLike, query_ids: set[str] | None = None) -> 
     out: dict[str, str] = {}
     seen: dict[str, int] = {}
     path = Path(root) / "queries.jsonl"
-    for lineno, row in _iter_jsonl(path, ("_id", "text")):
+    for lineno, row in iter_jsonl(path, ("_id", "text")):
         qid = str(row["_id"])
         if qid in seen:
             raise DataError(f"{path}:{lineno}: query id {qid!r} also on line {seen[qid]}; make query ids "

@@ -28,7 +28,7 @@ from pathlib import Path
 import xxhash
 from tqdm.auto import tqdm
 
-from readaptir.data.beir import DataError, text_lines
+from readaptir.data.beir import DataError, iter_jsonl
 from readaptir.fs import atomic_write_lines
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -77,15 +77,7 @@ def _row_fields(row: dict, fields: CorpusFields, where: str) -> tuple[str | None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    for lineno, line in text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno}: a JSON object per line is needed, got {type(row).__name__}")
+    for lineno, row in iter_jsonl(path):
         yield f"{path}:{lineno}", row
 
 
