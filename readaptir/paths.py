@@ -23,8 +23,6 @@ import os
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from readaptir.errors import UserError
 
 NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
@@ -100,4 +98,9 @@ def safe_name(value: object) -> str:
     return "_" + text[1:] if not text or text.startswith(".") else text
 
 
-OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
+try:  # the bare GPU image (experiments/bench_gpu.py) has no omegaconf, and nothing there resolves configs
+    from omegaconf import OmegaConf
+except ImportError:
+    pass
+else:
+    OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
