@@ -122,9 +122,9 @@ class ArtifactStore:
             return "its .done record is unreadable"
         if done.get("key") != key:
             return f"its .done record belongs to {done.get('key')} (a folder copied under another key)"
-        manifest = done.get("manifest")
-        if not isinstance(manifest, dict) or not isinstance(done.get("parents", {}), dict):
-            return "its .done record is malformed (no manifest or parents of the right shape)"
+        manifest = done.get("manifest") or {}  # none: made by an older version (verify_manifest says so)
+        if not isinstance(manifest, dict) or not isinstance(done.get("parents") or {}, dict):
+            return "its .done record is malformed (manifest or parents of the wrong shape)"
         seen = (key, str(manifest.get("build")))
         try:  # a damaged record of the right JSON shape, or a file that cannot be read (a dangling link)
             if seen not in self._checked:  # the content check reads the files: once per process and build
