@@ -104,3 +104,19 @@ def test_a_damaged_tiny_model_is_rebuilt_not_used(tmp_path):
     shard.write_bytes(bytes(data))
     ensure_tiny("llama", tmp_path / "tiny")
     assert shard.read_bytes() == good
+
+
+@pytest.mark.parametrize(
+    "info", [{"started": "yesterday"}, {"started": 1e30}, {"pid": "abc"}, {"pid": None}, {"pid": -1}]
+)
+def test_a_lock_file_with_fields_of_the_wrong_type_is_waited_on_not_a_crash(tmp_path, info):
+    from readaptir.fs import NAMESPACE
+    from readaptir.store.locks import BuildLock
+
+    path = tmp_path / "locks" / "x.lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"host": "h", "ns": NAMESPACE, "pid": 1, "token": "t", **info}))
+    lock = BuildLock(path, stale_s=600, on_busy="exit")
+    assert not lock.acquire()  # alive: its heartbeat has not been seen unchanged for 600 s
+    assert lock.holder.startswith("h:")
+    assert path.exists()
