@@ -120,3 +120,18 @@ def test_a_lock_file_with_fields_of_the_wrong_type_is_waited_on_not_a_crash(tmp_
     assert not lock.acquire()  # alive: its heartbeat has not been seen unchanged for 600 s
     assert lock.holder.startswith("h:")
     assert path.exists()
+
+
+def test_a_record_copied_under_another_result_key_does_not_block_this_keys_record(tmp_path):
+    from readaptir.grid.record import _write_once, record_digest
+
+    def text(key: str, ndcg: float) -> str:
+        raw = {"artifacts": {"result": key}, "readapted": {"NDCG@10": ndcg}}
+        return json.dumps({**raw, "digest": record_digest(raw)})
+
+    path = tmp_path / "result-bbbb.json"
+    path.write_text(text("result-aaaa", 0.5))  # another cell's intact record, copied here
+    _write_once(path, text("result-bbbb", 0.3))
+    assert json.loads(path.read_text())["artifacts"]["result"] == "result-bbbb"
+    _write_once(path, text("result-bbbb", 0.9))  # a rerun with other non-key settings: kept
+    assert json.loads(path.read_text())["readapted"]["NDCG@10"] == 0.3
