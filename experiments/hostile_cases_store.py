@@ -250,7 +250,9 @@ def _input_touched(ctx: Ctx) -> Verdict:
     queries.write_bytes(queries.read_bytes())  # the same contents, a new stamp: what was read meanwhile?
     _, err = proc.communicate(timeout=900)
     lines = [ln for ln in err.splitlines() if ln.startswith("readaptir: error:")]
-    published = glob.glob(f"{cache}/run/run-*/.done") + list((cache / "results").rglob("*.json"))
+    # made before the touch (tokens, base index and run) may stand; nothing trained or scored after it
+    published = glob.glob(f"{cache}/adapter/*/.done") + glob.glob(f"{cache}/readapted/*/.done")
+    published += list((cache / "results").rglob("*.json"))
     if proc.returncode == 0 or published:
         return "reused poisoned", f"exit {proc.returncode}, {len(published)} run/result products published"
     if "Traceback" in err:
@@ -332,7 +334,8 @@ def _checkpoints_damaged(ctx: Ctx, which: slice) -> Verdict:
         data[-50] ^= 0xFF
         f.write_bytes(bytes(data))
     out, rec = ctx.run(cache, KILL)
-    warned = [ln for ln in out.stderr.splitlines() if "checkpoint" in ln.lower() and "WARN" in ln.upper()]
+    log = "".join(p.read_text() for p in (ctx.root / "jobs" / str(ctx.n)).rglob("run.log"))
+    warned = [ln for ln in log.splitlines() if "checkpoint" in ln.lower() and "[WARNING]" in ln]
     verdict, detail = same_numbers(out, rec, ctx.ref["kill"], poisoned=True, tol=1e-6)
     if verdict == "ok" and len(warned) != 1:
         return "unclear error", f"{len(warned)} warning lines about checkpoints"
