@@ -350,3 +350,24 @@ def _newest_damaged(ctx: Ctx) -> Verdict:
 @case("store-ckpt", "every checkpoint damaged after a kill: from step 0")
 def _all_damaged(ctx: Ctx) -> Verdict:
     return _checkpoints_damaged(ctx, slice(None))
+
+
+@case("store-results", "another cell's record copied under this result key")
+def _copied_record(ctx: Ctx) -> Verdict:
+    cache = ctx.cache()
+    ctx.run(cache, ["readapt.alpha=0.3"])
+    mine = ctx.ref["base"]["artifacts"]["result"]
+    paths = {p.stem: p for p in (cache / "results").rglob("*.json")}
+    other = next((k for k in paths if k != mine), None)
+    if other is None:
+        return "lost result", "the α=0.3 cell stored nothing"
+    shutil.copy(paths[mine], paths[other])  # α=0.5's intact record over α=0.3's file
+    out, rec = ctx.run(cache, ["readapt.alpha=0.3"])
+    held = json.loads(paths[other].read_text())["artifacts"]["result"]
+    if held != other:
+        return "lost result", f"{paths[other].name} still holds {held}'s record"
+    return (
+        ("ok", "replaced, with a warning")
+        if out.returncode == 0
+        else ("unclear error", f"exit {out.returncode}")
+    )
