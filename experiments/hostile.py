@@ -29,10 +29,11 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hostile_cases_store  # noqa: E402, F401
 from hostile_cases import CASES, Ctx  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-VERDICTS = ("ok", "silently wrong", "lost result", "reused poisoned", "traceback", "unclear error", "hang")
+VERDICTS = ("ok", "silently wrong", "lost result", "reused poisoned", "insecure", "traceback", "unclear error", "hang")  # fmt: skip
 
 
 def make_data(root: Path) -> Path:

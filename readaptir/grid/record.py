@@ -99,11 +99,19 @@ def digest_problem(raw: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _result_key(raw: Mapping[str, Any]) -> object:
+    artifacts = raw.get("artifacts")
+    return artifacts.get("result") if isinstance(artifacts, Mapping) else None
+
+
 def _write_once(path: Path, text: str) -> None:
-    """One record per result key: an intact one stays; a damaged or digest-less one is replaced."""
+    """One record per result key: an intact one stays; a damaged or digest-less one, or one of another
+    result key (a file copied), is replaced."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
         why = digest_problem(old) if isinstance(old, dict) else "not a JSON object"
+        if why is None and _result_key(old) != _result_key(json.loads(text)):  # a file copied under a key
+            why = f"it holds the record of {_result_key(old)} (copied under another result key)"
     except FileNotFoundError:
         if create_once(path, text):
             return

@@ -28,8 +28,9 @@ from typing import Literal
 import torch
 
 from readaptir.data.beir import RESOURCES, iter_corpus, load_queries
-from readaptir.fs import temp_sibling
+from readaptir.fs import remove_path, temp_sibling
 from readaptir.store.artifacts import ArtifactStore
+from readaptir.store.manifest import make_manifest, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +180,37 @@ def ensure_tiny(family: Family, root: str | os.PathLike) -> TinyModels:
         (out.pretrained, lambda tmp: build_pretrained(family, tmp)),
         (out.retriever, lambda tmp: build_retriever(family, out.pretrained, tmp)),
     ):
-        if (path / ".done").is_file():
+        if _intact(path) is None:
             continue
         with store.lock(f"tiny-{family}-{path.name}"):
-            if (path / ".done").is_file():
+            if (why := _intact(path)) is None:
                 continue
+            if os.path.lexists(path):  # damaged, or of an older version: rebuilt (deterministic, same bytes)
+                log.warning("cache: tiny %s %s cannot be reused (%s); rebuilding it", family, path.name, why)
+                aside = temp_sibling(path, "bad")
+                os.replace(path, aside)
+                remove_path(aside)
             tmp = temp_sibling(path)
-            tmp.mkdir(parents=True, exist_ok=True)
+            remove_path(tmp)
+            tmp.mkdir(parents=True)
             build(tmp)
-            (tmp / ".done").write_text("tiny\n")
+            (tmp / ".done").write_text(
+                json.dumps({"kind": f"tiny-{family}-{path.name}", "manifest": make_manifest(tmp)})
+            )
             os.replace(tmp, path)
             log.info("Built tiny %s %s at %s", family, path.name, path)
     return out
+
+
+def _intact(path: Path) -> str | None:
+    """None when a tiny model folder is published and every byte matches its manifest; else why not."""
+    try:
+        manifest = json.loads((path / ".done").read_text()).get("manifest")
+        if not isinstance(manifest, dict):
+            return "no manifest"
+        return verify_manifest(path, manifest, "full")
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        return f"unreadable: {type(e).__name__}"
 
 
 if __name__ == "__main__":

@@ -122,12 +122,17 @@ class ArtifactStore:
             return "its .done record is unreadable"
         if done.get("key") != key:
             return f"its .done record belongs to {done.get('key')} (a folder copied under another key)"
-        manifest = done.get("manifest") or {}
+        manifest = done.get("manifest") or {}  # none: made by an older version (verify_manifest says so)
+        if not isinstance(manifest, dict) or not isinstance(done.get("parents") or {}, dict):
+            return "its .done record is malformed (manifest or parents of the wrong shape)"
         seen = (key, str(manifest.get("build")))
-        if seen not in self._checked:  # the content check reads the files: once per process and build
-            limit = int(self.full_check_max_gb * 2**30)
-            self._checked[seen] = verify_manifest(self.path(key), manifest, self.verify, limit)
-        return self._checked[seen] or lineage_problem(done, self.record)
+        try:  # a damaged record of the right JSON shape, or a file that cannot be read (a dangling link)
+            if seen not in self._checked:  # the content check reads the files: once per process and build
+                limit = int(self.full_check_max_gb * 2**30)
+                self._checked[seen] = verify_manifest(self.path(key), manifest, self.verify, limit)
+            return self._checked[seen] or lineage_problem(done, self.record)
+        except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+            return f"its files or .done record cannot be checked ({type(e).__name__}: {e})"
 
     def valid(self, key: str) -> bool:
         """Published, intact and made from the current versions of its parents (else warned about once)."""
@@ -176,7 +181,7 @@ class ArtifactStore:
         """Under the key's lock: remove an unusable product, temporary folders of any earlier attempt
         (nobody else can be building it) and half-written checkpoints; return a fresh temporary folder."""
         final = self.path(key)
-        if final.exists():
+        if os.path.lexists(final):  # a dangling link or a file in its place too
             aside = temp_sibling(final, "bad")
             os.replace(final, aside)
             remove_path(aside)
@@ -295,7 +300,7 @@ class ArtifactStore:
                 "manifest": manifest}  # fmt: skip
         atomic_write(tmp / DONE, json.dumps(done))
         old = temp_sibling(final, "old")
-        if final.exists():  # an unusable earlier product (the lock is ours)
+        if os.path.lexists(final):  # an unusable earlier product (the lock is ours)
             os.replace(final, old)
         os.replace(tmp, final)
         remove_path(old)

@@ -169,26 +169,42 @@ def content_identity(path: str | os.PathLike, memo_dir: str | os.PathLike | None
     return identity
 
 
+def _seal(payload: dict) -> str:
+    """A memo's JSON with a check digest of its own contents: a flipped digit reads as no memo."""
+    return json.dumps(
+        {**payload, "check": xxhash.xxh3_64_hexdigest(json.dumps(payload, sort_keys=True).encode())}
+    )
+
+
+def _unseal(memo: Path) -> dict | None:
+    """What :func:`_seal` wrote, or None when the memo is absent, unreadable, damaged or of an older format."""
+    try:
+        saved = json.loads(memo.read_text())
+        check = saved.pop("check")
+        if check == xxhash.xxh3_64_hexdigest(json.dumps(saved, sort_keys=True).encode()):
+            return saved
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
 def _identity(path: Path, stamp: tuple, memo_dir: str | os.PathLike | None) -> str:
     if stamp in _REMEMBERED:
         return _REMEMBERED[stamp]
     memo = None
     if memo_dir is not None:
         memo = Path(memo_dir) / f"{xxhash.xxh3_64_hexdigest(stamp[0].encode())}.json"
-        try:
-            saved = json.loads(memo.read_text())
-            if tuple(saved["stamp"]) == stamp:
-                _REMEMBERED[stamp] = saved["identity"]
-                return saved["identity"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        saved = _unseal(memo)
+        if saved and tuple(saved.get("stamp") or ()) == stamp and isinstance(saved.get("identity"), str):
+            _REMEMBERED[stamp] = saved["identity"]
+            return saved["identity"]
     identity = f"xxh3:{_hash_contents(path, stamp[1])}"
     if _stamp(path) != stamp:  # written to while we read it: do not remember a torn hash
         return identity
     _REMEMBERED[stamp] = identity
     if memo is not None:
         try:
-            atomic_write(memo, json.dumps({"stamp": list(stamp), "identity": identity}))
+            atomic_write(memo, _seal({"stamp": list(stamp), "identity": identity}))
         except OSError as e:  # a read-only cache (plan mode on a login node): hash again next time
             log.debug("cannot remember the identity of %s in %s: %s", path, memo, e)
     return identity
@@ -199,18 +215,16 @@ def count_lines(path: str | os.PathLike, memo_dir: str | os.PathLike | None = No
     ``memo_dir`` under its identity: a figure read from the data, never from a setting."""
     identity = content_identity(path, memo_dir)
     memo = None if memo_dir is None else Path(memo_dir) / f"lines-{identity.replace(':', '-')}.json"
-    if memo is not None:
-        try:
-            return int(json.loads(memo.read_text())["lines"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    saved = _unseal(memo) if memo is not None else None
+    if saved and saved.get("identity") == identity and type(saved.get("lines")) is int:
+        return saved["lines"]
     n = 0
     with open(path, "rb") as f:
         for line in f:
             n += bool(line.strip())
     if memo is not None:
         try:
-            atomic_write(memo, json.dumps({"lines": n}))
+            atomic_write(memo, _seal({"identity": identity, "lines": n}))
         except OSError:
             pass  # a read-only cache: counted again next time
     return n

@@ -75,7 +75,10 @@ def _boot() -> str:
 def describe(info: dict[str, Any] | None) -> str:
     if not info:
         return "another job"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+    try:  # a lock file of another version, or damaged: its fields are only shown, never trusted
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("started", 0))))
+    except (TypeError, ValueError, OverflowError, OSError):
+        since = "an unknown time"
     return f"{info.get('host')}:{info.get('pid')} (since {since})"
 
 
@@ -95,7 +98,14 @@ class BuildLock:
     def stale(self, info: dict[str, Any] | None, state: list) -> bool:
         """A dead owner in this PID namespace, or a lock seen unchanged for ``stale_s`` seconds of this
         waiter's monotonic clock (an unreadable one for a shorter grace)."""
-        if info is not None and info.get("ns") == NAMESPACE and not pid_alive(int(info.get("pid", -1))):
+        pid = (info or {}).get("pid")
+        if (
+            info is not None
+            and info.get("ns") == NAMESPACE
+            and type(pid) is int
+            and pid > 0
+            and not pid_alive(pid)
+        ):
             return True
         limit = self.stale_s if info is not None else min(UNREADABLE_GRACE_S, self.stale_s)
         return time.monotonic() - self._first_seen([(info or {}).get("token"), *state]) > limit
