@@ -110,3 +110,31 @@ def test_a_corpus_that_is_not_a_file_is_named_not_downloaded(tmp_path, kind):
     target.mkdir() if kind == "folder" else os.mkfifo(target)
     with pytest.raises(DataError, match=r"corpus\.jsonl: not a regular file"):
         ensure_dataset("d", tmp_path, url="http://127.0.0.1:9/never.zip")
+
+
+@pytest.fixture
+def hydra_ctx():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from readaptir.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def test_job_folder_names_fit_the_file_system_with_the_longest_names(hydra_ctx):
+    """model.name and dataset.name of 128 characters each are valid, but Hydra's run folder joins both
+    behind the time: 266 bytes, "File name too long" as a traceback before the cell ran."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    long = "n" * 128
+    cfg = compose(config_name="config", overrides=[f"model.name={long}", f"dataset.name={long}",
+                  f"adapter.name={long}"], return_hydra_config=True)  # fmt: skip
+    OmegaConf.update(cfg, "hydra.job.num", 12345, force_add=True)
+    for key in ("hydra.run.dir", "hydra.sweep.subdir"):
+        parts = Path(str(OmegaConf.select(cfg, key))).parts
+        assert max(len(p.encode()) for p in parts) <= 255, (key, parts)
