@@ -138,3 +138,23 @@ def test_job_folder_names_fit_the_file_system_with_the_longest_names(hydra_ctx):
     for key in ("hydra.run.dir", "hydra.sweep.subdir"):
         parts = Path(str(OmegaConf.select(cfg, key))).parts
         assert max(len(p.encode()) for p in parts) <= 255, (key, parts)
+
+
+def test_a_results_folder_name_too_long_is_refused_before_any_model_is_built(
+    hydra_ctx, tmp_path, monkeypatch
+):
+    """adapter.name of 128 characters is a valid name, but the variant folder `<adapter>-both-a0.5-b1-delta`
+    is not: it was refused only after the cell had built its models."""
+    from hydra import compose
+
+    from readaptir.grid import cell
+    from readaptir.paths import PathError
+
+    def built(*_a, **_k):
+        raise AssertionError("a model was built before the results folder was checked")
+
+    monkeypatch.setattr(cell, "resolve_models", built)
+    cfg = compose(config_name="config", overrides=[f"adapter.name={'n' * 128}", f"paths.cache_dir={tmp_path}",
+                  f"paths.results_dir={tmp_path}/results", "tracking.backend=none"])  # fmt: skip
+    with pytest.raises(PathError, match=r"adapter\.name"):
+        cell.run_cell(cell.CellConfig.from_hydra(cfg), tmp_path)
