@@ -158,3 +158,17 @@ def test_a_results_folder_name_too_long_is_refused_before_any_model_is_built(
                   f"paths.results_dir={tmp_path}/results", "tracking.backend=none"])  # fmt: skip
     with pytest.raises(PathError, match=r"adapter\.name"):
         cell.run_cell(cell.CellConfig.from_hydra(cfg), tmp_path)
+
+
+@pytest.mark.parametrize("title", [{"a": 1}, [1, 2], 5])
+def test_a_title_that_is_not_text_is_refused(tmp_path, title):
+    """It was encoded as its Python repr ("{'a': 1}"); null or missing still means no title."""
+    rows = [
+        {"_id": "a", "title": None, "text": "x"},
+        {"_id": "b", "text": "y"},
+        {"_id": "c", "title": title, "text": "z"},
+    ]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"corpus\.jsonl:3: field 'title'"):
+        list(iter_corpus(tmp_path))
+    assert [p.title for p in iter_corpus(tmp_path, doc_ids={"a", "b"})] == ["", ""]

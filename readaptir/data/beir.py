@@ -149,7 +149,8 @@ def iter_corpus(
             continue
         if exclude is not None and doc_id in exclude:
             continue
-        yield Passage(doc_id, str(row.get("title") or ""), _text(row, "text", path, lineno))
+        title = "" if row.get("title") is None else _text(row, "title", path, lineno)  # missing/null: none
+        yield Passage(doc_id, title, _text(row, "text", path, lineno))
 
 
 def iter_doc_ids(root: str | os.PathLike) -> Iterator[tuple[int, str]]:
