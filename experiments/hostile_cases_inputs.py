@@ -172,6 +172,8 @@ def _elsewhere(d: Path) -> None:
 QRELS = "qrels/test.tsv"
 DATA = [
     ("doc _id null", _rewrite("corpus.jsonl", lambda t: t + '{"_id": null, "text": "x"}\n'), ("corpus.jsonl:", "'_id'")),
+    ("passage title an object", _rewrite("corpus.jsonl", lambda t: t + '{"_id": "t", "title": {"a": 1}, "text": "x"}\n'),
+     ("corpus.jsonl:", "'title'")),
     ("doc id with a space", _rewrite("corpus.jsonl", lambda t: t + '{"_id": "a b", "text": "x"}\n'), ("corpus.jsonl:", "'a b'")),
     ("doc id with U+2028", _rewrite("corpus.jsonl", lambda t: t + json.dumps({"_id": "a\u2028b", "text": "x"}) + "\n"),
      ("corpus.jsonl:",)),
