@@ -172,3 +172,14 @@ def test_a_title_that_is_not_text_is_refused(tmp_path, title):
     with pytest.raises(DataError, match=r"corpus\.jsonl:3: field 'title'"):
         list(iter_corpus(tmp_path))
     assert [p.title for p in iter_corpus(tmp_path, doc_ids={"a", "b"})] == ["", ""]
+
+
+def test_the_dataset_check_refuses_a_title_that_is_not_text(tmp_path):
+    """The title was only checked when the corpus was encoded, after the models were built."""
+    (tmp_path / "corpus.jsonl").write_text(
+        '{"_id": "d1", "text": "x"}\n{"_id": "d2", "title": [1], "text": "y"}\n'
+    )
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    _qrels(tmp_path, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: field 'title'"):
+        check_dataset(tmp_path, "test")

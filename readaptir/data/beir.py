@@ -157,6 +157,8 @@ def iter_doc_ids(root: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """``(line number, doc id)`` of every passage of ``corpus.jsonl`` (what the dataset checks need)."""
     path = Path(root) / "corpus.jsonl"
     for lineno, row in _iter_jsonl(path, ("_id", "text")):
+        if row.get("title") is not None:  # checked with the ids, before any model is built
+            _text(row, "title", path, lineno)
         yield lineno, _id(row, path, lineno)
 
 
