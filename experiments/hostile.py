@@ -7,6 +7,8 @@ full disks, read-only folders, colliding results. Each case runs ``run.py`` as a
   should have been refused;
 - ``lost result``: a result stored earlier is gone or replaced;
 - ``reused poisoned``: a damaged product was served instead of rebuilt;
+- ``insecure``: something was written outside the data, cache/results and job folders (the ``input-*`` cases
+  run in a sandbox and compare its tree before and after);
 - ``traceback`` / ``unclear error`` / ``hang``: a failure the user cannot act on.
 
 Tiny models on small BeIR-format sets cut from the toy data; CPU; about 15 minutes on 2 cores.
@@ -29,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hostile_cases_inputs  # noqa: E402, F401
 import hostile_cases_store  # noqa: E402, F401
 from hostile_cases import CASES, Ctx  # noqa: E402
 

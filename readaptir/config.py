@@ -42,6 +42,21 @@ class _Spec(BaseModel):
     # allow_inf_nan=False: every float in the config is finite (α=nan would poison every weight it touches)
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``true``/``false`` where a number belongs is refused (pydantic would read them as 1 and 0:
+        ``readapt.alpha=true`` ran α = 1, ``train.batch_size=true`` a batch of 1)."""
+        field = cls.model_fields.get(info.field_name or "")
+        values = value if isinstance(value, list | tuple) else (value,)
+        if (
+            field is not None
+            and "bool" not in repr(field.annotation)
+            and any(isinstance(v, bool) for v in values)
+        ):
+            raise _refuse("true/false is not a number here; give a number")
+        return value
+
 
 def _refuse(problem: str) -> PydanticCustomError:
     return PydanticCustomError("readaptir", "{problem}", {"problem": problem})
@@ -101,6 +116,13 @@ def _model_ref(value: str | None) -> str | None:
     problem = None if value is None else revision_problem(value)
     if problem is not None:
         raise _refuse(problem)
+    return value
+
+
+def _extra_metric(value: str) -> str:
+    """An extra measure at one cutoff: ``MRR@<k ≥ 1>`` (checked here, not after the corpus is encoded)."""
+    if re.fullmatch(r"(?i)mrr@[1-9][0-9]*", value) is None:
+        raise _refuse("not a measure like MRR@10 (MRR at a cutoff ≥ 1)")
     return value
 
 
@@ -245,7 +267,7 @@ class DatasetSpec(_Spec):
     url: str | None = None
     builtin: bool = False
     # Metrics beyond BeIR's NDCG/MAP/Recall/P, e.g. [MRR@10] for MS-MARCO (its official measure).
-    extra_metrics: tuple[str, ...] = ()
+    extra_metrics: tuple[Annotated[str, AfterValidator(_extra_metric)], ...] = ()
     subset: SubsetSpec | None = None  # built from another dataset into the cache instead of downloaded
 
 

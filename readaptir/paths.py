@@ -93,8 +93,10 @@ def env_root(var: str, default: str) -> Path:
 
 def safe_name(value: object) -> str:
     """``value`` as a folder name for Hydra's job folders: characters outside the pattern and a leading dot
-    become ``_`` (the cell's validation then refuses the real value in one line)."""
-    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(value))[:128]
+    become ``_`` (the cell's validation then refuses the real value in one line). At most 100 characters:
+    the run folder joins two names behind the time, and two valid 128-character names made 266 bytes,
+    over the file system's 255 ("File name too long" before the cell ran)."""
+    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(value))[:100]
     return "_" + text[1:] if not text or text.startswith(".") else text
 
 

@@ -63,6 +63,8 @@ def ensure_dataset(
     root = dataset_dir(beir_name, data_dir, builtin)
     if (root / "corpus.jsonl").is_file():
         return root
+    if os.path.lexists(root / "corpus.jsonl"):  # a folder, a FIFO, a dangling link: no download over it
+        raise DataError(f"{root / 'corpus.jsonl'}: not a regular file; replace it with the corpus file")
     if builtin or not url:
         raise DataError(
             f"dataset {beir_name!r}: {root}/corpus.jsonl not found and no download URL is configured"
@@ -123,6 +125,21 @@ def iter_jsonl(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int
         yield lineno, row
 
 
+def _id(row: dict, path: Path, lineno: int) -> str:
+    """A passage or query id: a string or an integer without whitespace (``null`` would become "None"; a
+    space or line break would split the id in the run files, which separate fields by whitespace)."""
+    value = row["_id"]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(
+            f"{path}:{lineno}: field '_id' is {json.dumps(value)}, not a string; give every line an id"
+        )
+    text = str(value)
+    if not text or any(c.isspace() for c in text) or not text.isprintable():
+        raise DataError(f"{path}:{lineno}: id {text!r} is empty or holds whitespace or control characters; "
+                        "ids must be single printable words (run files separate fields by whitespace)")  # fmt: skip
+    return text
+
+
 def iter_corpus(
     root: str | os.PathLike,
     doc_ids: frozenset[str] | set[str] | None = None,
@@ -131,18 +148,22 @@ def iter_corpus(
     """Stream ``corpus.jsonl`` one passage at a time, optionally keeping only / dropping some doc ids."""
     path = Path(root) / "corpus.jsonl"
     for lineno, row in iter_jsonl(path, ("_id", "text")):
-        doc_id = str(row["_id"])
+        doc_id = _id(row, path, lineno)
         if doc_ids is not None and doc_id not in doc_ids:
             continue
         if exclude is not None and doc_id in exclude:
             continue
-        yield Passage(doc_id, str(row.get("title") or ""), _text(row, "text", path, lineno))
+        title = "" if row.get("title") is None else _text(row, "title", path, lineno)  # missing/null: none
+        yield Passage(doc_id, title, _text(row, "text", path, lineno))
 
 
 def iter_doc_ids(root: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """``(line number, doc id)`` of every passage of ``corpus.jsonl`` (what the dataset checks need)."""
-    for lineno, row in iter_jsonl(Path(root) / "corpus.jsonl", ("_id", "text")):
-        yield lineno, str(row["_id"])
+    path = Path(root) / "corpus.jsonl"
+    for lineno, row in iter_jsonl(path, ("_id", "text")):
+        if row.get("title") is not None:  # checked with the ids, before any model is built
+            _text(row, "title", path, lineno)
+        yield lineno, _id(row, path, lineno)
 
 
 def _text(row: dict, field: str, path: Path, lineno: int) -> str:
@@ -161,7 +182,7 @@ def load_queries(root: str | os.PathLike, query_ids: set[str] | None = None) -> 
     seen: dict[str, int] = {}
     path = Path(root) / "queries.jsonl"
     for lineno, row in iter_jsonl(path, ("_id", "text")):
-        qid = str(row["_id"])
+        qid = _id(row, path, lineno)
         if qid in seen:
             raise DataError(f"{path}:{lineno}: query id {qid!r} also on line {seen[qid]}; make query ids "
                             "unique (only one of the texts would be evaluated)")  # fmt: skip
@@ -191,21 +212,38 @@ def _score(text: str, path: Path, lineno: int) -> int:
 def load_qrels(root: str | os.PathLike, split: str) -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: score}}`` from ``qrels/<split>.tsv`` (its header line is skipped)."""
     path = confined(Path(root) / "qrels", f"{split}.tsv", key="dataset.split")
+    if os.path.lexists(path) and not path.is_file():
+        raise DataError(f"{path}: not a regular file; replace it with the split's qrels (set dataset.split)")
     if not path.is_file():
-        have = sorted(p.stem for p in (Path(root) / "qrels").glob("*.tsv"))
+        have = sorted(p.stem for p in (Path(root) / "qrels").glob("*.tsv") if p.is_file())
         raise DataError(f"{path}: qrels split {split!r} not found (available: {have}); set dataset.split")
     qrels: dict[str, dict[str, int]] = {}
+    where: dict[tuple[str, str], int] = {}
     for lineno, line in text_lines(path):
         row = line.rstrip("\r\n").split("\t")
-        if lineno == 1 and not row[-1].lstrip("-").isdigit():
+        if lineno == 1 and not _is_number(row[-1]):
             continue  # header
         if not line.strip():
             continue
-        if len(row) < 3:
-            raise DataError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score, got {row!r}")
+        if len(row) != 3:
+            raise DataError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score (3 fields), got "
+                            f"{len(row)}: {row!r}")  # fmt: skip
         score = _score(row[-1], path, lineno)
-        qrels.setdefault(row[0], {})[row[1]] = score
+        old = qrels.setdefault(row[0], {}).get(row[1])
+        if old is not None and old != score:
+            raise DataError(f"{path}:{lineno}: query {row[0]!r} and doc {row[1]!r} graded {score} here and {old} on "
+                            f"line {where[row[0], row[1]]}; keep one grade per pair")  # fmt: skip
+        where.setdefault((row[0], row[1]), lineno)
+        qrels[row[0]][row[1]] = score
     return qrels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def passage_training_text(p: Passage) -> str:

@@ -30,7 +30,7 @@ from readaptir.store.identity import content_identity
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # bump when a check changes, so remembered outcomes are checked again
+VERSION = 3  # bump when a check changes, so remembered outcomes are checked again
 UNKNOWN_RELEVANT_MAX = 0.01  # more relevant judgements than this fraction outside the corpus: refused
 
 

@@ -136,6 +136,7 @@ def _already_failed(path: Path) -> bool:
 
 
 def _run_cell(cfg: CellConfig, record: CellRecord, job_results: Path) -> CellRecord:
+    record.cell.store_path(cfg.paths.results_dir, "result")  # before any work: valid names may join too long
     inputs = CellInputs.of(cfg)
     if cfg.model.readapt and not inputs.subset.applicable:
         record.status, record.reason = "not_applicable", inputs.subset.reason
