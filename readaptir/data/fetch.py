@@ -195,14 +195,19 @@ def download(url: str, part: Path, desc: str) -> None:
             if r.status_code != 206:
                 have = 0
             size = int(r.headers.get("Content-Length") or 0)
-            with open(part, "ab" if have else "wb") as f, tqdm(
-                total=have + size or None, initial=have, desc=desc, unit="B", unit_scale=True
-            ) as bar:
+            with (
+                open(part, "ab" if have else "wb") as f,
+                tqdm(total=have + size or None, initial=have, desc=desc, unit="B", unit_scale=True) as bar,
+            ):
                 for chunk in r.iter_bytes(CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
     except httpx.HTTPError as e:
-        kept = f"; the {part.stat().st_size} bytes so far are kept in {part}, run again to resume" if part.is_file() else ""
+        kept = (
+            f"; the {part.stat().st_size} bytes so far are kept in {part}, run again to resume"
+            if part.is_file()
+            else ""
+        )
         raise FetchError(f"{url}: {_one_line(e)}{kept}") from None  # fmt: skip
 
 
