@@ -47,6 +47,7 @@ class FakeHub:
 
     def __init__(self, root: Path):
         self.calls: list[str] = []
+        self.cached = False  # what an offline snapshot_download (local_files_only) finds
         self.repos = {"BeIR/scifact": root / "snap" / "docs", "BeIR/scifact-qrels": root / "snap" / "qrels"}
         for name in ("corpus.jsonl", "queries.jsonl"):
             raw = (TOY / name).read_bytes()
@@ -59,9 +60,11 @@ class FakeHub:
                 (TOY / "qrels" / f"{split}.tsv").read_bytes(),
             )
 
-    def __call__(self, repo_id, *, repo_type=None, allow_patterns=None, **_):
+    def __call__(self, repo_id, *, repo_type=None, allow_patterns=None, local_files_only=False, **_):
         assert repo_type == "dataset"
         self.calls.append(repo_id)
+        if local_files_only and not self.cached:
+            raise OSError(f"{repo_id} is not in the cache and outgoing traffic has been disabled")
         if repo_id not in self.repos:
             raise OSError(f"404 Client Error: {repo_id} not found")
         return str(self.repos[repo_id])
@@ -216,7 +219,8 @@ def test_auto_falls_back_to_the_zip_when_the_hub_fails(tmp_path, monkeypatch):
 
 def test_offline_is_one_line_saying_what_to_download_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(fetch, "snapshot_download", _no_network)
+    hub = FakeHub(tmp_path / "hf")  # nothing cached
+    monkeypatch.setattr(fetch, "snapshot_download", hub)
     monkeypatch.setattr(fetch.httpx, "stream", _no_network)
     with pytest.raises(DataError) as e:
         ensure_dataset("scifact", tmp_path / "data", ZIP_URL)
@@ -224,6 +228,15 @@ def test_offline_is_one_line_saying_what_to_download_and_where(tmp_path, monkeyp
     assert "\n" not in msg and "HF_HUB_OFFLINE=1" in msg and ZIP_URL in msg
     assert f"{root}/corpus.jsonl" in msg and "BeIR/scifact-qrels" in msg
     assert _leftovers(tmp_path / "data") == []
+
+
+def test_offline_uses_what_the_hugging_face_cache_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = FakeHub(tmp_path / "hf")
+    hub.cached = True
+    monkeypatch.setattr(fetch, "snapshot_download", hub)
+    monkeypatch.setattr(fetch.httpx, "stream", _no_network)
+    _assert_is_toy(ensure_dataset("scifact", tmp_path / "data", ZIP_URL))
 
 
 def test_source_local_downloads_nothing(tmp_path, monkeypatch):

@@ -12,8 +12,8 @@ dataset already in ``paths.data_dir`` is never fetched and nothing touches the n
   ``Range`` request after an interruption, and checked against the md5 BeIR publishes for its zips.
 
 Either is unpacked into a temporary folder renamed into place, so an interrupted or refused fetch never
-leaves a half-written dataset. With ``HF_HUB_OFFLINE=1`` the refusal is one line saying what to download
-and where to put it.
+leaves a half-written dataset. With ``HF_HUB_OFFLINE=1`` only the Hugging Face cache (and a ``file:`` url)
+is read; a dataset in neither is refused in one line saying what to download and where to put it.
 """
 
 from __future__ import annotations
@@ -89,12 +89,12 @@ def fetch_dataset(name: str, root: Path, url: str | None, source: str = "auto") 
     tries = {"auto": ["zip", "hub"] if local_zip else ["hub", "zip"], "hub": ["hub"], "zip": ["zip"]}[source]
     reasons = []
     for how in tries:
-        if offline() and not (how == "zip" and local_zip):
-            reasons.append(f"{how}: HF_HUB_OFFLINE=1 forbids downloading")
+        if offline() and how == "zip" and not local_zip:
+            reasons.append("zip: HF_HUB_OFFLINE=1 forbids downloading")
             continue
         try:
             if how == "hub":
-                fetch_hub(name, root)
+                fetch_hub(name, root, cached_only=offline())
             else:
                 fetch_zip(name, root, url)
             return
@@ -119,10 +119,14 @@ def staging(root: Path) -> Iterator[Path]:
                 raise
 
 
-def _hub_files(repo: str, patterns: list[str]) -> Path:
+def _hub_files(repo: str, patterns: list[str], cached_only: bool) -> Path:
     try:
-        return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns))
+        return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns,
+                                      local_files_only=cached_only))  # fmt: skip
     except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as e:
+        if cached_only:
+            raise FetchError(f"{repo} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
+                             "downloading it") from None  # fmt: skip
         raise FetchError(f"{repo}: {_one_line(e)}") from None
 
 
@@ -154,10 +158,11 @@ def gunzip(src: Path, dst: Path) -> None:
         raise FetchError(f"{src.name}: not a valid gzip file ({_one_line(e)})") from None
 
 
-def fetch_hub(name: str, root: Path) -> None:
-    """``BeIR/<name>`` + ``BeIR/<name>-qrels`` from the Hub, converted into the BeIR layout at ``root``."""
-    docs = _hub_files(f"{HUB_ORG}/{name}", ["corpus.jsonl.gz", "queries.jsonl.gz"])
-    qrels = _hub_files(f"{HUB_ORG}/{name}-qrels", ["*.tsv"])
+def fetch_hub(name: str, root: Path, cached_only: bool = False) -> None:
+    """``BeIR/<name>`` + ``BeIR/<name>-qrels`` from the Hub (only from the Hugging Face cache when
+    ``cached_only``, no network call), converted into the BeIR layout at ``root``."""
+    docs = _hub_files(f"{HUB_ORG}/{name}", ["corpus.jsonl.gz", "queries.jsonl.gz"], cached_only)
+    qrels = _hub_files(f"{HUB_ORG}/{name}-qrels", ["*.tsv"], cached_only)
     files = [docs / "corpus.jsonl.gz", docs / "queries.jsonl.gz"]
     splits = sorted(qrels.glob("*.tsv"))
     missing = [f"{HUB_ORG}/{name}/{p.name}" for p in files if not p.is_file()]
