@@ -3,9 +3,11 @@ answers are served from the toy dataset by fakes of huggingface_hub.snapshot_dow
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
+import os
 import shutil
 import zipfile
 from contextlib import contextmanager
@@ -237,6 +239,29 @@ def test_offline_uses_what_the_hugging_face_cache_holds(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch, "snapshot_download", hub)
     monkeypatch.setattr(fetch.httpx, "stream", _no_network)
     _assert_is_toy(ensure_dataset("scifact", tmp_path / "data", ZIP_URL))
+
+
+def test_a_dataset_fetched_by_another_job_while_waiting_is_not_fetched_again(tmp_path, monkeypatch):
+    @contextmanager
+    def other_job_finishes_first(folder):
+        shutil.copytree(TOY, folder / "scifact")  # what the job holding the lock wrote
+        yield
+
+    monkeypatch.setattr(fetch, "fetch_lock", other_job_finishes_first)
+    monkeypatch.setattr(fetch, "snapshot_download", _no_network)
+    monkeypatch.setattr(fetch.httpx, "stream", _no_network)
+    _assert_is_toy(ensure_dataset("scifact", tmp_path / "data", ZIP_URL))
+
+
+def test_fetch_lock_excludes_a_second_holder(tmp_path):
+    with fetch.fetch_lock(tmp_path):
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left behind
 
 
 def test_source_local_downloads_nothing(tmp_path, monkeypatch):

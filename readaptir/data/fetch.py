@@ -18,6 +18,7 @@ is read; a dataset in neither is refused in one line saying what to download and
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import logging
@@ -88,19 +89,40 @@ def fetch_dataset(name: str, root: Path, url: str | None, source: str = "auto") 
     local_zip = url.startswith("file:")
     tries = {"auto": ["zip", "hub"] if local_zip else ["hub", "zip"], "hub": ["hub"], "zip": ["zip"]}[source]
     reasons = []
-    for how in tries:
-        if offline() and how == "zip" and not local_zip:
-            reasons.append("zip: HF_HUB_OFFLINE=1 forbids downloading")
-            continue
-        try:
-            if how == "hub":
-                fetch_hub(name, root, cached_only=offline())
-            else:
-                fetch_zip(name, root, url)
+    with fetch_lock(root.parent):
+        if (root / "corpus.jsonl").is_file():  # another job fetched it while this one waited
             return
-        except FetchError as e:
-            reasons.append(f"{how}: {e}")
+        for how in tries:
+            if offline() and how == "zip" and not local_zip:
+                reasons.append("zip: HF_HUB_OFFLINE=1 forbids downloading")
+                continue
+            try:
+                if how == "hub":
+                    fetch_hub(name, root, cached_only=offline())
+                else:
+                    fetch_zip(name, root, url)
+                return
+            except FetchError as e:
+                reasons.append(f"{how}: {e}")
     raise FetchError(f"dataset {name!r}: {root}/corpus.jsonl not found ({'; '.join(reasons)}); {hint}")
+
+
+@contextmanager
+def fetch_lock(folder: Path) -> Iterator[None]:
+    """One fetch at a time into ``folder`` (an advisory lock on the folder itself, so nothing is left
+    behind): two jobs of a sweep missing the same dataset never append to one partial zip, and the second
+    finds the first's copy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for another job fetching into %s", folder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager
