@@ -265,6 +265,8 @@ class DatasetSpec(_Spec):
     task: str = ""
     seen_by: tuple[str, ...] = ()
     url: str | None = None
+    # Where a dataset missing from paths.data_dir comes from (readaptir.data.fetch); never enters a key.
+    source: Literal["auto", "hub", "zip", "local"] = "auto"
     builtin: bool = False
     # Metrics beyond BeIR's NDCG/MAP/Recall/P, e.g. [MRR@10] for MS-MARCO (its official measure).
     extra_metrics: tuple[Annotated[str, AfterValidator(_extra_metric)], ...] = ()

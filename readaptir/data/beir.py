@@ -2,8 +2,8 @@
 
 Layout: ``<root>/corpus.jsonl`` (``_id``, ``title``, ``text``), ``<root>/queries.jsonl`` (``_id``, ``text``)
 and ``<root>/qrels/<split>.tsv`` (header, then query-id, corpus-id, score). MS-MARCO has 8.84M passages,
-so the corpus is only ever streamed (:func:`iter_corpus`). A missing dataset is downloaded from BeIR's
-official zip into a temporary folder and renamed into place. Bad input is refused with one line naming the
+so the corpus is only ever streamed (:func:`iter_corpus`). A missing dataset is fetched from the Hub's
+BeIR copies or BeIR's official zip (:mod:`readaptir.data.fetch`). Bad input is refused with one line naming the
 file and line (:class:`DataError`).
 """
 
@@ -13,14 +13,11 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from readaptir.data.fetch import FetchError, fetch_dataset
 from readaptir.errors import UserError
 from readaptir.paths import confined, root_dir
 
@@ -53,41 +50,29 @@ def dataset_dir(
 
 
 def ensure_dataset(
-    beir_name: str, data_dir: str | os.PathLike, url: str | None, builtin: bool = False
+    beir_name: str,
+    data_dir: str | os.PathLike,
+    url: str | None,
+    builtin: bool = False,
+    source: str = "auto",
 ) -> Path:
-    """Return the dataset folder, downloading and unpacking BeIR's official zip when it is missing.
-
-    The zip is fetched into a temporary folder beside the target and renamed into place, so an
-    interrupted download never leaves a half-written dataset behind.
-    """
+    """Return the dataset folder; when it is missing, fetch it from ``source`` (``dataset.source``: the
+    Hub's BeIR copies or the zip at ``url``, :mod:`readaptir.data.fetch`). A folder already there always
+    wins, with no network call."""
     root = dataset_dir(beir_name, data_dir, builtin)
     if (root / "corpus.jsonl").is_file():
         return root
     if os.path.lexists(root / "corpus.jsonl"):  # a folder, a FIFO, a dangling link: no download over it
         raise DataError(f"{root / 'corpus.jsonl'}: not a regular file; replace it with the corpus file")
-    if builtin or not url:
-        raise DataError(
-            f"dataset {beir_name!r}: {root}/corpus.jsonl not found and no download URL is configured"
-        )
+    if builtin:
+        raise DataError(f"dataset {beir_name!r}: {root}/corpus.jsonl not found (a builtin dataset ships with "
+                        "the package: reinstall readaptir)")  # fmt: skip
     root.parent.mkdir(parents=True, exist_ok=True)
-    log.info("Downloading BeIR %s from %s into %s", beir_name, url, root)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{beir_name}.") as tmp:
-        archive = Path(tmp) / f"{beir_name}.zip"
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
-                shutil.copyfileobj(r, f)
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(tmp)
-        except (OSError, zipfile.BadZipFile) as e:
-            raise DataError(
-                f"dataset {beir_name!r}: download of {url} failed ({e.__class__.__name__}: {e}); "
-                f"download and unzip it yourself so that {root}/corpus.jsonl exists "
-                f"(or point paths.data_dir / READAPTIR_DATA at a folder holding {beir_name}/)"
-            ) from e
-        unpacked = Path(tmp) / beir_name
-        if not (unpacked / "corpus.jsonl").is_file():
-            raise DataError(f"dataset {beir_name!r}: {url} did not contain {beir_name}/corpus.jsonl")
-        os.replace(unpacked, root)
+    log.info("Fetching BeIR %s into %s (dataset.source=%s)", beir_name, root, source)
+    try:
+        fetch_dataset(beir_name, root, url, source)
+    except FetchError as e:
+        raise DataError(str(e)) from None
     return root
 
 

@@ -34,8 +34,6 @@ from readaptir.tracking import Tracker, run_id, start_tracker
 
 log = logging.getLogger(__name__)
 
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-
 
 def run(cfg: Any) -> CellRecord | None:
     """Run (or, with ``run.plan=true``, describe) the cell of a composed Hydra config."""
@@ -67,21 +65,22 @@ def ensure_data(cfg: CellConfig, inputs: CellInputs) -> None:
     if d.subset is not None:  # a NanoBEIR-style subset: its source first, then the cut (once, cached)
         from readaptir.data.nano import subset_key, write_subset
 
-        source = ensure_dataset(d.subset.of, cfg.paths.data_dir, BEIR_URL.format(name=d.subset.of))
+        of = d.subset.of
+        source = ensure_dataset(of, cfg.paths.data_dir, None, source=d.source)
         key = subset_key(d.subset, source, d.split, memo)
         ArtifactStore(cfg.paths.cache_dir).build(
             "dataset", key, lambda tmp: write_subset(source, tmp, d.subset, d.split)
         )
     else:
-        ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin)
+        ensure_dataset(d.beir_name, cfg.paths.data_dir, d.url, d.builtin, d.source)
     check_dataset(CellInputs.of(cfg).eval_root, d.split, memo)
     if cfg.model.readapt and inputs.knowledge_root != inputs.eval_root:
         name = cfg.adapter.corpus
-        ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
+        ensure_dataset(name, cfg.paths.data_dir, None, source=d.source)
         check_corpus(inputs.knowledge_root, memo)
     if cfg.model.kind == "dense" and cfg.model.train_retriever is not None:  # the retriever's training data
         name = cfg.model.train_retriever.dataset
-        ensure_dataset(name, cfg.paths.data_dir, BEIR_URL.format(name=name))
+        ensure_dataset(name, cfg.paths.data_dir, None, source=d.source)
 
 
 def open_store(cfg: CellConfig, products: dict, keys: dict[str, str]) -> ArtifactStore:

@@ -46,8 +46,8 @@ Status = Literal["running", "done", "not_applicable", "failed", "waiting"]
 NOT_DETERMINING = {
     "tracking", "paths", "run", "store", "estimates", "train.checkpoint_every", "train.log_every",
     "train.gradient_checkpointing", "readapt.save_model", "dataset.corpus_size", "dataset.seen_by",
-    "dataset.url", "search.backend", "search.faiss_max_gb", "search.chunk_size", "encode.token_budget",
-    "encode.max_batch_size",
+    "dataset.url", "dataset.source", "search.backend", "search.faiss_max_gb", "search.chunk_size",
+    "encode.token_budget", "encode.max_batch_size",
 }  # fmt: skip
 
 
