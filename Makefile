@@ -25,7 +25,7 @@ NO_RUN ?=
 SWEEP = $(if $(NO_RUN),@echo "NO_RUN set: not running the sweep",$(QPY) run.py -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint plan table1 table2 table3 figure2 bench bench-gpu bench-scale clean-demo mini \
+.PHONY: help install demo test test-fast test-heavy lint plan table1 table2 table3 figure2 bench bench-gpu bench-scale clean-demo mini \
         mini-cpu hostile gpu-check gpu-bundle
 
 help: ## list targets
@@ -61,11 +61,14 @@ demo: install ## embedded default: both tiny retrievers on the toy set, full pip
 
 # Real BeIR copies for the real_data tests: READAPTIR_DATA, else ../shared/beir when it is there.
 TEST_DATA ?= $(or $(READAPTIR_DATA),$(wildcard $(abspath ../shared/beir)))
-test: install ## the test suite (CPU); the real-data tests too when READAPTIR_DATA or ../shared/beir is there
-	$(if $(TEST_DATA),READAPTIR_DATA=$(call q,$(TEST_DATA)) ,)$(QPY) -m pytest -m "not gpu" -q
+test: install ## the test suite (CPU, ≈ 15 min on 2 cores); the real-data tests too when READAPTIR_DATA or ../shared/beir is there
+	$(if $(TEST_DATA),READAPTIR_DATA=$(call q,$(TEST_DATA)) ,)$(QPY) -m pytest -m "not gpu and not heavy" -q --durations=15
+
+test-heavy: install ## the checks over five minutes each (SmolLM2 adapt/evaluate, MiniLM's SciFact number; ≈ 30 min)
+	$(if $(TEST_DATA),READAPTIR_DATA=$(call q,$(TEST_DATA)) ,)$(QPY) -m pytest -m "heavy and not gpu" -q --durations=15
 
 test-fast: install ## tests without the slow and real-data ones
-	$(QPY) -m pytest -m "not gpu and not slow and not real_data" -q
+	$(QPY) -m pytest -m "not gpu and not slow and not heavy and not real_data" -q
 
 lint: install ## ruff lint + format check
 	$(QPY) -m ruff check readaptir tests experiments run.py

@@ -25,7 +25,7 @@ from readaptir.grid.keys import CellInputs
 from readaptir.models.gguf import SMOLLM2
 from readaptir.store.identity import gguf_file
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_data]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.real_data]  # ≈ 10–25 min on 2 CPU cores
 MINI = ["experiment=mini-cpu", "model=smollm2", "tracking.backend=none"]
 
 
