@@ -30,7 +30,7 @@ st = pytest.importorskip("sentence_transformers")
 TRAIN = ["train.max_passages=4", "train.batch_size=2"]
 
 
-def _compose(name: str, overrides: list[str]) -> dict:
+def compose_config(name: str, overrides: list[str]) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(name, overrides=overrides)
@@ -39,7 +39,7 @@ def _compose(name: str, overrides: list[str]) -> dict:
 
 
 def adapt_config(tmp_path, *overrides: str) -> dict:
-    return _compose("adapt", [f"paths.cache_dir={tmp_path / 'cache'}", *TRAIN, *overrides])
+    return compose_config("adapt", [f"paths.cache_dir={tmp_path / 'cache'}", *TRAIN, *overrides])
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_a_beir_folder_gets_the_grid_cells_keys(tiny_llama, tmp_path):
     )
     keys = prepare(raw).keys
     grid = CellConfig.from_hydra(
-        _compose("config", [f"paths.cache_dir={cache}", *TRAIN, "tracking.backend=none"])
+        compose_config("config", [f"paths.cache_dir={cache}", *TRAIN, "tracking.backend=none"])
     )
     grid = grid.model_copy(update={"model": grid.model.model_copy(update={"pretrained": str(tiny_llama.pretrained),
                                                                           "retriever": str(tiny_llama.retriever)})})  # fmt: skip
@@ -167,13 +167,13 @@ def test_adapt_then_evaluate_equals_the_grid_cell(tiny_llama, tmp_path):
         (docs / f"{i:04d}.txt").write_text(f"{p.title} {p.text}".strip())
     models = [f"model.pretrained={tiny_llama.pretrained}", f"model.retriever={tiny_llama.retriever}"]
     grid = CellConfig.from_hydra(
-        _compose("config", [f"paths.cache_dir={cache}", *TRAIN, *models, "tracking.backend=none"])
+        compose_config("config", [f"paths.cache_dir={cache}", *TRAIN, *models, "tracking.backend=none"])
     )
     record = run_cell(grid, tmp_path / "cell")
     folder = run_adapt(
         adapt_config(tmp_path, "model=tiny-llama", f"retriever={tiny_llama.retriever}", f"corpus={docs}")
     )
-    raw = _compose("evaluate", [f"paths.cache_dir={cache}", "model=tiny-llama", f"retriever={tiny_llama.retriever}",
+    raw = compose_config("evaluate", [f"paths.cache_dir={cache}", "model=tiny-llama", f"retriever={tiny_llama.retriever}",
                                 f"readapted={folder}", "dataset=demo/toy", f"+run.out_dir={tmp_path / 'eval'}"])  # fmt: skip
     out = run_evaluate(raw)
     assert out["base_run"] == record.artifacts["base_run"]  # the grid's own product, reused
@@ -210,10 +210,12 @@ def test_evaluate_runs_a_sentence_transformers_folder_with_its_prompts(tiny_llam
         "search.top_k=100",
     ]
     dense = run_evaluate(
-        _compose("evaluate", [*common, f"retriever={tiny_llama.retriever}", f"+run.out_dir={tmp_path / 'a'}"])
+        compose_config(
+            "evaluate", [*common, f"retriever={tiny_llama.retriever}", f"+run.out_dir={tmp_path / 'a'}"]
+        )
     )
     sbert = run_evaluate(
-        _compose("evaluate", [*common, f"retriever={folder}", f"+run.out_dir={tmp_path / 'b'}"])
+        compose_config("evaluate", [*common, f"retriever={folder}", f"+run.out_dir={tmp_path / 'b'}"])
     )
     assert sbert["base_run"] != dense["base_run"]  # another retriever, another product
     assert sbert["base"] == pytest.approx(dense["base"], abs=1e-4)  # every metric, NDCG@1 … P@1000

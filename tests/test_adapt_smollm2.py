@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from test_adapt import compose_config
 
-from readaptir.config import CONF_DIR, CellConfig
+from readaptir.config import CellConfig
 from readaptir.data.beir import iter_corpus
 from readaptir.grid.adapt import run_adapt
 from readaptir.grid.cell import run_cell
@@ -27,14 +25,6 @@ from readaptir.store.identity import gguf_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.real_data]  # ≈ 10–25 min on 2 CPU cores
 MINI = ["experiment=mini-cpu", "model=smollm2", "tracking.backend=none"]
-
-
-def _compose(name: str, overrides: list[str]) -> dict:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(name, overrides=overrides)
-    GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +70,7 @@ def test_sentence_transformers_export_of_smollm2_gives_the_projects_embeddings(c
 
 def test_adapt_and_evaluate_on_nfcorpus_equal_the_grid_cell(beir_dir, cache, tmp_path):
     paths = [f"paths.cache_dir={cache}", f"paths.data_dir={beir_dir}"]
-    grid = CellConfig.from_hydra(_compose("config", [*MINI, "dataset=mini/nfcorpus", *paths]))
+    grid = CellConfig.from_hydra(compose_config("config", [*MINI, "dataset=mini/nfcorpus", *paths]))
     record = run_cell(grid, tmp_path / "cell")
     retriever = cache / "retriever" / record.artifacts["retriever"]
     docs = tmp_path / "docs"
@@ -88,11 +78,11 @@ def test_adapt_and_evaluate_on_nfcorpus_equal_the_grid_cell(beir_dir, cache, tmp
     for i, p in enumerate(iter_corpus(CellInputs.of(grid).eval_root)):
         (docs / f"{i:05d}.txt").write_text(f"{p.title} {p.text}".strip())
     folder = run_adapt(
-        _compose(
+        compose_config(
             "adapt", [*MINI, *paths, f"retriever={retriever}", f"corpus={docs}", "corpus_fields.dedup=false"]
         )
     )  # the subset repeats one passage; the grid keeps both
-    out = run_evaluate(_compose("evaluate", [*MINI, *paths, f"retriever={retriever}", f"readapted={folder}",
+    out = run_evaluate(compose_config("evaluate", [*MINI, *paths, f"retriever={retriever}", f"readapted={folder}",
                                              "dataset=mini/nfcorpus", f"+run.out_dir={tmp_path / 'eval'}"]))  # fmt: skip
     print({"grid": (record.base["NDCG@10"], record.readapted["NDCG@10"]),
            "commands": (out["base"]["NDCG@10"], out["readapted"]["NDCG@10"])})  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,6 +70,28 @@ FAST = [
     "encode.max_batch_size=64",
     "search.top_k=100",
 ]
+
+
+@contextlib.contextmanager
+def cell_factory(data_dir: Path):
+    """``make(cache, *overrides)`` → a validated CellConfig (tiny-llama × scifact on ``data_dir``, FAST)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("READAPTIR_DATA", str(data_dir))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+
+        def make(cache: Path, *overrides: str) -> CellConfig:
+            cfg = compose(config_name="config", overrides=["dataset=scifact", f"paths.cache_dir={cache}",
+                                                           "tracking.backend=none", *FAST, *overrides])  # fmt: skip
+            spec = CellConfig.from_hydra(cfg)
+            resolve_models(spec.model)
+            return spec
+
+        try:
+            yield make
+        finally:
+            GlobalHydra.instance().clear()
+            mp.undo()
 
 
 @pytest.mark.slow

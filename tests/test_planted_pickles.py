@@ -12,15 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from test_checkpoint_safety import payload_bytes
-from test_pipeline import FAST, REPO, make_data_dir
+from test_pipeline import cell_factory, make_data_dir
 
-from readaptir.config import CellConfig
 from readaptir.errors import UserError
 from readaptir.grid.cell import run_cell
-from readaptir.models.hub import resolve_models
 from readaptir.store.artifacts import ArtifactStore
 
 CKPT_FILES = ("state.pt", "rng-0.pt", "state.json", "state.safetensors", "adapter.safetensors",
@@ -58,21 +54,8 @@ def filled(tmp_path_factory, cell):
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
     """``cell(cache, *overrides)``: a validated CellConfig (tiny-llama x scifact), one per module."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("READAPTIR_DATA", str(make_data_dir(tmp_path_factory.mktemp("beir"))))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-
-        def make(cache: Path, *overrides: str) -> CellConfig:
-            cfg = compose(config_name="config", overrides=["dataset=scifact", f"paths.cache_dir={cache}",
-                                                           "tracking.backend=none", *FAST, *overrides])  # fmt: skip
-            spec = CellConfig.from_hydra(cfg)
-            resolve_models(spec.model)
-            return spec
-
+    with cell_factory(make_data_dir(tmp_path_factory.mktemp("beir"))) as make:
         yield make
-    GlobalHydra.instance().clear()
-    mp.undo()
 
 
 @pytest.mark.slow

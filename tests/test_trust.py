@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from test_pipeline import FAST, REPO, make_data_dir, run_py
+from test_pipeline import FAST, REPO, cell_factory, make_data_dir, run_py
 
 from readaptir.config import CellConfig
 from readaptir.fs import HOST
@@ -39,10 +39,10 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def cell(data_dir, monkeypatch):
+def cell(data_dir):
     """``cell(cache, *overrides)`` → a validated CellConfig (tiny-llama × scifact by default)."""
-    monkeypatch.setenv("READAPTIR_DATA", str(data_dir))
-    GlobalHydra.instance().clear()
+    with cell_factory(data_dir) as make:
+        yield make
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
 
         def make(cache: Path, *overrides: str) -> CellConfig:
