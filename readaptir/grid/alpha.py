@@ -1,8 +1,8 @@
 """Choosing α on withheld queries (``readapt.alpha=auto``): which queries, which candidate set, which α.
 
 The paper fixes α = 0.5 and notes that per-dataset values help and "can be set using withheld queries".
-Here a cell picks α among ``readapt.alpha_selection.grid`` (α = 0, the retriever alone when β = 1, is
-always a candidate) by nDCG@10 of *selection* queries, which are never the reported ones:
+Here a cell picks α among ``readapt.alpha_selection.grid`` (α = 0 is always a candidate: the retriever
+alone when β = 1 and ``knowledge_scaling=delta``) by nDCG@10 of *selection* queries, never the reported ones:
 
 - ``dev``: the dataset's dev split, when it is not the evaluated split;
 - ``train``: its train split, when the retriever was not trained on this dataset (``seen_by``);
@@ -21,9 +21,11 @@ candidate on the *same* candidate set, built without the answers (docs/method.md
   passages outside the pool α would rank above it: its full-corpus rank ≈ pool rank + (corpus − pool) ×
   the fraction of outside sample passages scored above it.
 
-α = 0 is scored exactly (the pool holds its top ``pool_depth``). For α > 0 two biases remain, in opposite
-directions: relevant passages only α would find outside the pool are missed (towards α = 0), and outside
-passages too few for the sample to catch are left out of the rank (towards α > 0).
+With β = 1 and ``knowledge_scaling=delta`` α = 0 is the base retriever, whose top ``pool_depth`` the pool
+holds: it is scored exactly. For α > 0 two biases remain, in opposite directions: relevant passages only α
+would find outside the pool are missed (towards α = 0), and outside passages too few for the sample to catch
+are left out of the rank (towards α > 0 once (corpus − pool) / (sample outside the pool) is above about 25:
+one sampled intruder then already pushes a passage past rank 10; below that it can go either way).
 ``experiments/alpha_pool_check.md`` measures both on real encodings and a calibrated simulation.
 Ties go to the candidate nearest 0.5 (the paper's default), then to the smaller α.
 """
