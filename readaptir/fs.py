@@ -173,6 +173,10 @@ def create_once(path: str | os.PathLike, data: str | bytes) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError as e:
+        if e.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

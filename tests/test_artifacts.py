@@ -335,11 +335,13 @@ def test_busy_product_raises_with_on_busy_exit(tmp_path):
     assert store.valid("thing-b")
 
 
-def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("write", ["atomic_write", "create_once"])  # create_once: the results store's records
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch, write):
     import builtins
     import errno
 
-    from readaptir.fs import atomic_write, storage_problem
+    from readaptir import fs
+    from readaptir.fs import storage_problem
 
     real_open = builtins.open
 
@@ -359,6 +361,6 @@ def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", lambda p, m="r", *a, **k: Full(real_open(p, m, *a, **k)) if "w" in m
                         else real_open(p, m, *a, **k))  # fmt: skip
     with pytest.raises(OSError) as e:
-        atomic_write(tmp_path / "results" / "r.json", "{}")
+        getattr(fs, write)(tmp_path / "results" / "r.json", "{}")
     assert storage_problem(e.value) == f"no space left on device ({tmp_path / 'results' / 'r.json'})"
     assert list((tmp_path / "results").iterdir()) == []
