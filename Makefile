@@ -126,7 +126,7 @@ mini-cpu: install ## the same at CPU size (30-query/200-passage subsets, 2 cells
 	$(QPY) -m readaptir.report mini --results-dir $(QRESULTS) --out experiments/mini-cpu --models smollm2 \
 	    --datasets scifact-mini,nfcorpus-mini --experiment mini-cpu
 
-hostile: install ## hostile-input campaign, 129 cases: 62 + 20 store-* + 47 input-* (≈ 12–18 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
+hostile: install ## hostile-input campaign, 129 cases: 62 + 20 store-* + 47 input-* (≈ 11 min on 2 CPU cores; not in CI): counts of wrong/lost/poisoned results
 	$(QPY) experiments/hostile.py
 
 bench: install ## CPU benchmarks: training batching, encoding order, readapt memory (GPU shapes when CUDA)
