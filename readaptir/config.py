@@ -306,7 +306,7 @@ class AlphaSelection(_Spec):
     seed: Seed = 0
 
     def candidates(self) -> tuple[float, ...]:
-        """The grid, sorted, with α = 0 (the retriever alone when β = 1) always among the candidates."""
+        """The grid, sorted, with α = 0 (the retriever alone when β = 1 and knowledge_scaling=delta) always among the candidates."""
         return tuple(sorted({0.0, *map(float, self.grid)}))
 
 

@@ -7,7 +7,12 @@ outside is many times the sample), relevant passages outside the pool make it lo
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pytest
+import torch
 
 from readaptir.grid.alpha import Fold, corpus_sample, fold_pools, fold_scores
 
@@ -60,3 +65,34 @@ def test_relevant_passages_outside_the_pool_bias_the_choice_towards_zero():
     got = _score({0.0: base, 1.0: alpha1}, {"q": {DOCS[rel]: 1}}, 200, seed=0)
     assert got[0.0] == 0.0 and got[1.0] == 0.0  # the truth is 0 and 1
     assert got["chosen"] == 0.0
+
+
+@pytest.mark.slow
+def test_the_pool_is_searched_by_the_base_retriever_whatever_beta(tmp_path, toy_dir, monkeypatch):
+    """The base index holds W_ret's passages; with β = 0.5 the line's α = 0 is W_pre + 0.5Δ, not W_ret, so
+    the pool's queries must come from the retriever itself (they came from the line's α = 0)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from readaptir.config import CellConfig
+    from readaptir.grid import select
+    from readaptir.grid.cell import run_cell
+    from readaptir.readapt.model import load_base_retriever
+
+    pool_models = []
+    real = select._retriever
+    monkeypatch.setattr(select, "_retriever", lambda cfg, model, folders: (
+        pool_models.append((model, folders)) if not pool_models else None) or real(cfg, model, folders))  # fmt: skip
+    shutil.copytree(toy_dir, tmp_path / "data" / "toy")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        raw = compose("config", overrides=["readapt.alpha=auto", "readapt.beta=0.5", "dataset.builtin=false",
+                                           "tracking.backend=none", f"paths.data_dir={tmp_path / 'data'}",
+                                           f"paths.cache_dir={tmp_path / 'cache'}", "train.max_passages=24",
+                                           "readapt.alpha_selection.grid=[0,1]"])  # fmt: skip
+    GlobalHydra.instance().clear()
+    assert run_cell(CellConfig.from_hydra(raw), tmp_path / "job").status == "done"
+    model, folders = pool_models[0]
+    expected = load_base_retriever(folders.pretrained, folders.retriever).state_dict()
+    got = model.state_dict()
+    assert all(torch.allclose(got[k].float(), v.float(), atol=1e-6) for k, v in expected.items())

@@ -93,12 +93,18 @@ def _select(cfg, store, keys, folders, adapter, runtime, data, tmp: Path) -> Sel
         if r.knowledge_scaling == "delta"
         else None
     )
-    model = line.model(0.0, runtime.encode_dtype, runtime.device) if line else load_base_retriever(
+    # The pool is the base retriever's (its index holds W_ret's passages): the line's α = 0 is W_ret only
+    # when β = 1 (W_pre + βΔ otherwise), so with another β the retriever itself encodes these queries.
+    own = line is not None and r.beta == 1
+    model = line.model(0.0, runtime.encode_dtype, runtime.device) if own else load_base_retriever(
         folders.pretrained, folders.retriever, runtime.encode_dtype, runtime.device)  # fmt: skip
     base = _retriever(cfg, model, folders)
     index = base.open_index(store.path(keys["base_index"]))
     runs = [base.search(index, base.encode_queries(queries), s.pool_depth),
             _bm25(store, keys["bm25_index"], data.root, queries, s.pool_depth)]  # fmt: skip
+    if line is not None and not own:
+        del base, model  # one model in memory at a time
+        model = line.model(0.0, runtime.encode_dtype, runtime.device)
     pools = fold_pools(plan.folds, runs, s.pool_depth)
     sample = corpus_sample(index.ids, s.sample_size, s.seed)
     encoded = set(sample).union(*pools)
