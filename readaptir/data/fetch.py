@@ -29,6 +29,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,7 +177,7 @@ def gunzip(src: Path, dst: Path) -> None:
                 while chunk := z.read(CHUNK):
                     out.write(chunk)
                     bar.update(raw.tell() - bar.n)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged data (no LFS sha256 to catch it)
         raise FetchError(f"{src.name}: not a valid gzip file ({_one_line(e)})") from None
 
 
@@ -189,6 +190,9 @@ def fetch_hub(name: str, root: Path, cached_only: bool = False) -> None:
     splits = sorted(qrels.glob("*.tsv"))
     missing = [f"{HUB_ORG}/{name}/{p.name}" for p in files if not p.is_file()]
     if missing or not splits:
+        if cached_only:  # an interrupted earlier download: the Hub has it, this machine's cache does not
+            raise FetchError(f"the Hugging Face cache lacks {missing or [f'{HUB_ORG}/{name}-qrels/<split>.tsv']} "
+                             "and HF_HUB_OFFLINE=1 forbids downloading it")  # fmt: skip
         raise FetchError(f"the Hub copy lacks {missing or [f'{HUB_ORG}/{name}-qrels/<split>.tsv']}")
     for path in [*files, *splits]:
         verify_blob(path)
@@ -261,12 +265,16 @@ def fetch_zip(name: str, root: Path, url: str) -> None:
         try:
             with zipfile.ZipFile(part) as z:
                 z.extractall(out.parent / "unzipped")
-        except (OSError, zipfile.BadZipFile) as e:
+        except (OSError, zipfile.BadZipFile, zlib.error) as e:  # zlib.error: damaged compressed data
             part.unlink()
             raise FetchError(f"{url}: not a valid zip ({_one_line(e)}); the download was deleted") from None
         unpacked = out.parent / "unzipped" / name
-        if not (unpacked / "corpus.jsonl").is_file():
-            raise FetchError(f"{url} does not contain {name}/corpus.jsonl")
+        if not (unpacked / "corpus.jsonl").is_file():  # not kept: the next run would resume onto it
+            part.unlink()
+            unzipped = out.parent / "unzipped"
+            top = sorted(p.name for p in unzipped.iterdir()) if unzipped.is_dir() else []
+            raise FetchError(f"{url} does not contain {name}/corpus.jsonl (its top level: {top}); the download "
+                             "was deleted")  # fmt: skip
         out.rmdir()
         unpacked.rename(out)
     part.unlink()
