@@ -339,3 +339,24 @@ def test_the_command_refuses_bad_out_and_fields_before_resolving_models(tmp_path
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         split_config(container)
     assert (tmp_path / "home" / "thesis.tex").is_file()
+
+
+@pytest.mark.parametrize("leftover", ["folder", "file"])
+def test_a_half_unzipped_dataset_folder_is_one_line_and_kept(tmp_path, monkeypatch, leftover):
+    """data/scifact/ holding a user's partial unzip (queries, no corpus), or data/scifact a file: the fetched
+    copy cannot be renamed onto it; one line saying what to move away, the user's files untouched."""
+    body = _toy_zip()
+    _serve(monkeypatch, body)
+    data = tmp_path / "data"
+    data.mkdir()
+    if leftover == "folder":
+        (data / "scifact").mkdir()
+        (data / "scifact" / "queries.jsonl").write_text("mine")
+        mine = data / "scifact" / "queries.jsonl"
+    else:
+        (data / "scifact").write_text("mine")
+        mine = data / "scifact"
+    with pytest.raises(DataError) as e:
+        ensure_dataset("scifact", data, ZIP_URL, source="zip")
+    assert "scifact" in str(e.value) and "\n" not in str(e.value)
+    assert mine.read_text() == "mine" and _leftovers(data) == ["scifact"]

@@ -93,6 +93,10 @@ def fetch_dataset(name: str, root: Path, url: str | None, source: str = "auto") 
     with fetch_lock(root.parent):
         if (root / "corpus.jsonl").is_file():  # another job fetched it while this one waited
             return
+        # A file or a non-empty folder there (a partial unzip): the fetched copy could not be renamed onto it.
+        if os.path.lexists(root) and not (root.is_dir() and not any(root.iterdir())):
+            raise FetchError(f"dataset {name!r}: {root} exists without corpus.jsonl (a partial copy?) and is "
+                             f"left as it is; move it away (or complete it) so that it can be fetched; {hint}")  # fmt: skip
         for how in tries:
             if offline() and how == "zip" and not local_zip:
                 reasons.append("zip: HF_HUB_OFFLINE=1 forbids downloading")
