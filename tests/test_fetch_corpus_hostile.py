@@ -360,3 +360,15 @@ def test_a_half_unzipped_dataset_folder_is_one_line_and_kept(tmp_path, monkeypat
         ensure_dataset("scifact", data, ZIP_URL, source="zip")
     assert "scifact" in str(e.value) and "\n" not in str(e.value)
     assert mine.read_text() == "mine" and _leftovers(data) == ["scifact"]
+
+
+@pytest.mark.parametrize(
+    "source", ["my docs (v2)/", "hf:org/ds:cfg", "~/x y.csv", ".hidden", "/", "d/" + "é" * 200]
+)
+def test_any_corpus_source_gives_a_valid_dataset_label(source):
+    """The label becomes the cell's dataset name (a folder name): a folder with a space or a hf: config
+    must not end the command in a validation traceback after the corpus was converted."""
+    from readaptir.grid.adapt import corpus_label
+    from readaptir.paths import name_problem
+
+    assert name_problem(corpus_label(source)) is None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,9 @@ def corpus_label(source: str) -> str:
     name = (
         source[len(HF_PREFIX) :] if source.startswith(HF_PREFIX) else Path(source).expanduser().resolve().name
     )
-    return name.replace("/", "__").removesuffix(".jsonl") or "corpus"
+    name = name.replace("/", "__").removesuffix(".jsonl")
+    # The label names the dataset and its folders: "my docs (v2)" or "hf:org/ds:cfg" would be refused there.
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")[:128] or "corpus"
 
 
 def cell_for(
