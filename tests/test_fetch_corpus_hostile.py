@@ -372,3 +372,18 @@ def test_any_corpus_source_gives_a_valid_dataset_label(source):
     from readaptir.paths import name_problem
 
     assert name_problem(corpus_label(source)) is None
+
+
+def test_evaluate_on_a_folder_whose_name_is_no_dataset_name_is_one_line(tmp_path):
+    """``readaptir evaluate dataset="/data/my beir copy"``: one config line naming the folder, no traceback."""
+    import shutil
+
+    from readaptir.grid.compare import split_config
+    from tests.test_adapt import compose_config
+
+    folder = tmp_path / "my beir copy"
+    shutil.copytree(TOY, folder)
+    container = compose_config("evaluate", ["retriever=nowhere/none", f"+data_path={folder}"])
+    with pytest.raises(ConfigError, match="my beir copy") as e:
+        split_config(container)
+    assert "\n" not in str(e.value)
