@@ -387,3 +387,28 @@ def test_evaluate_on_a_folder_whose_name_is_no_dataset_name_is_one_line(tmp_path
     with pytest.raises(ConfigError, match="my beir copy") as e:
         split_config(container)
     assert "\n" not in str(e.value)
+
+
+def _hub_errors():
+    import httpx2
+    from huggingface_hub.errors import EntryNotFoundError, XetDownloadError
+
+    return [httpx2.ReadError("connection reset by peer"), XetDownloadError("xet: range request failed"),
+            EntryNotFoundError("corpus.jsonl.gz not found")]  # fmt: skip
+
+
+@pytest.mark.parametrize("error", _hub_errors(), ids=lambda e: type(e).__name__)
+def test_a_hub_failure_of_any_class_falls_back_to_the_zip(tmp_path, monkeypatch, error):
+    """huggingface_hub raises httpx2 errors (not httpx's), Xet errors and others outside HfHubHTTPError: a
+    dropped connection to the Hub must fall back to the zip (auto), not end in a traceback."""
+
+    def broken(*a, **k):
+        raise error
+
+    body = _toy_zip()
+    _serve(monkeypatch, body)
+    monkeypatch.setattr(fetch, "snapshot_download", broken)
+    _assert_is_toy(ensure_dataset("scifact", tmp_path / "data", ZIP_URL))
+    with pytest.raises(DataError) as e:
+        ensure_dataset("scifact", tmp_path / "other", ZIP_URL, source="hub")
+    assert str(error) in str(e.value) and "\n" not in str(e.value)

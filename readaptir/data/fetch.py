@@ -36,7 +36,6 @@ from pathlib import Path
 
 import httpx
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
 from readaptir.errors import UserError
@@ -150,11 +149,13 @@ def _hub_files(repo: str, patterns: list[str], cached_only: bool) -> Path:
     try:
         return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns,
                                       local_files_only=cached_only))  # fmt: skip
-    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as e:
+    # huggingface_hub raises httpx2 errors (not httpx's), Xet and entry errors outside HfHubHTTPError: all
+    # of them mean "not from the Hub this time", the zip is the next try.
+    except Exception as e:  # noqa: BLE001
         if cached_only:
             raise FetchError(f"{repo} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
                              "downloading it") from None  # fmt: skip
-        raise FetchError(f"{repo}: {_one_line(e)}") from None
+        raise FetchError(f"{repo}: {e.__class__.__name__}: {_one_line(e)}") from None
 
 
 def verify_blob(path: Path) -> None:
