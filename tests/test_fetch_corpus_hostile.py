@@ -412,3 +412,25 @@ def test_a_hub_failure_of_any_class_falls_back_to_the_zip(tmp_path, monkeypatch,
     with pytest.raises(DataError) as e:
         ensure_dataset("scifact", tmp_path / "other", ZIP_URL, source="hub")
     assert str(error) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_part_from_another_url_is_never_unpacked_as_the_dataset(tmp_path, monkeypatch):
+    """A .part left by another mirror's (different) zip, resumed from the new url: the spliced file is
+    refused and deleted (never unpacked as a dataset), and the next run fetches the new zip whole."""
+    url = "https://mirror.example/scifact.zip"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:  # another zip: other bytes from the start
+        z.writestr("scifact/corpus.jsonl", (TOY / "corpus.jsonl").read_bytes()[::-1] * 4)
+    old = buf.getvalue()
+    new = _toy_zip()
+    monkeypatch.setattr(fetch, "snapshot_download", _no_network)
+    server = FakeServer(new)
+    monkeypatch.setattr(fetch.httpx, "stream", server)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".scifact.zip.part").write_bytes(old[: len(new) // 2])
+    assert old[:100] != new[:100]
+    with pytest.raises(DataError) as e:
+        ensure_dataset("scifact", data, url, source="zip")
+    assert "\n" not in str(e.value) and _leftovers(data) == []
+    _assert_is_toy(ensure_dataset("scifact", data, url, source="zip"))
