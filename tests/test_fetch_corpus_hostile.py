@@ -434,3 +434,29 @@ def test_a_part_from_another_url_is_never_unpacked_as_the_dataset(tmp_path, monk
         ensure_dataset("scifact", data, url, source="zip")
     assert "\n" not in str(e.value) and _leftovers(data) == []
     _assert_is_toy(ensure_dataset("scifact", data, url, source="zip"))
+
+
+def test_a_full_disk_while_unpacking_keeps_the_checked_download(tmp_path, monkeypatch):
+    """ENOSPC while unzipping a download whose md5 matched: the zip is sound, so it is kept for the next run
+    (not deleted as "not a valid zip"), and the message says the disk is full."""
+    import errno
+
+    body = _toy_zip()
+    _serve(monkeypatch, body)
+
+    def full(self, path=None, *a, **k):
+        Path(path, "scifact").mkdir(parents=True)
+        (Path(path) / "scifact" / "corpus.jsonl").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", full)
+    data = tmp_path / "data"
+    with pytest.raises(DataError) as e:
+        ensure_dataset("scifact", data, ZIP_URL, source="zip")
+    assert "no space left" in str(e.value).lower() and "not a valid zip" not in str(e.value)
+    assert _leftovers(data) == [".scifact.zip.part"]  # no half-unpacked dataset, the download kept
+    monkeypatch.undo()
+    _serve(monkeypatch, body, server := FakeServer(body))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _assert_is_toy(ensure_dataset("scifact", data, ZIP_URL, source="zip"))
+    assert server.ranges == [len(body)]  # nothing downloaded again

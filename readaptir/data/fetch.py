@@ -39,6 +39,7 @@ from huggingface_hub import snapshot_download
 from tqdm.auto import tqdm
 
 from readaptir.errors import UserError
+from readaptir.fs import STORAGE_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,13 @@ def fetch_zip(name: str, root: Path, url: str) -> None:
         try:
             with zipfile.ZipFile(part) as z:
                 z.extractall(out.parent / "unzipped")
-        except (OSError, zipfile.BadZipFile, zlib.error) as e:  # zlib.error: damaged compressed data
+        except OSError as e:  # a full disk is no fault of the zip: the (checked) download is kept
+            if e.errno in STORAGE_ERRNOS:
+                raise FetchError(f"unpacking {part} into {root.parent}: {STORAGE_ERRNOS[e.errno]}; free space "
+                                 "(or fix the permissions) and run again, the download is kept") from None  # fmt: skip
+            part.unlink()
+            raise FetchError(f"{url}: not a valid zip ({_one_line(e)}); the download was deleted") from None
+        except (zipfile.BadZipFile, zlib.error) as e:  # zlib.error: damaged compressed data
             part.unlink()
             raise FetchError(f"{url}: not a valid zip ({_one_line(e)}); the download was deleted") from None
         unpacked = out.parent / "unzipped" / name
