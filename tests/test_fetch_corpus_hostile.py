@@ -460,3 +460,51 @@ def test_a_full_disk_while_unpacking_keeps_the_checked_download(tmp_path, monkey
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     _assert_is_toy(ensure_dataset("scifact", data, ZIP_URL, source="zip"))
     assert server.ranges == [len(body)]  # nothing downloaded again
+
+
+def test_a_full_disk_while_downloading_is_one_line_and_resumable(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    body = _toy_zip()
+    _serve(monkeypatch, body)
+    real_open = builtins.open
+
+    class Full(io.BufferedWriter):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def opener(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        if str(file).endswith(".part") and mode in ("ab", "wb"):
+            f.write(body[:10])
+            f.close()
+            return Full(real_open(file, "ab"))
+        return f
+
+    monkeypatch.setattr(builtins, "open", opener)
+    data = tmp_path / "data"
+    with pytest.raises(DataError) as e:
+        ensure_dataset("scifact", data, ZIP_URL, source="zip")
+    assert "no space left" in str(e.value).lower() and "\n" not in str(e.value)
+    assert _leftovers(data) == [".scifact.zip.part"]
+
+
+def test_a_full_disk_while_gunzipping_a_hub_file_says_so(tmp_path, monkeypatch):
+    import errno
+
+    hub = FakeHub(tmp_path / "hf")
+    monkeypatch.setattr(fetch, "snapshot_download", hub)
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fetch.shutil, "copyfile", full)  # the qrels copy, after both gunzips
+    with pytest.raises(DataError) as e:
+        ensure_dataset("scifact", tmp_path / "data", ZIP_URL, source="hub")
+    assert "no space left" in str(e.value).lower() and "\n" not in str(e.value)
+    monkeypatch.setattr(fetch.gzip.GzipFile, "read", lambda self, n=-1: full(None, None))  # while unpacking
+    with pytest.raises(DataError) as e:
+        ensure_dataset("scifact", tmp_path / "data", ZIP_URL, source="hub")
+    assert "no space left" in str(e.value).lower() and "not a valid gzip" not in str(e.value)
+    assert _leftovers(tmp_path / "data") == []

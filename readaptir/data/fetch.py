@@ -109,6 +109,12 @@ def fetch_dataset(name: str, root: Path, url: str | None, source: str = "auto") 
                 return
             except FetchError as e:
                 reasons.append(f"{how}: {e}")
+            except OSError as e:  # a full disk or a read-only folder while writing: no other source helps
+                if e.errno not in STORAGE_ERRNOS:
+                    raise
+                raise FetchError(f"dataset {name!r} ({how}): writing into {root.parent}: {STORAGE_ERRNOS[e.errno]}; "
+                                 "free space (or fix the permissions) and run again (a partial download is "
+                                 "kept and resumed)") from None  # fmt: skip
     raise FetchError(f"dataset {name!r}: {root}/corpus.jsonl not found ({'; '.join(reasons)}); {hint}")
 
 
@@ -184,6 +190,8 @@ def gunzip(src: Path, dst: Path) -> None:
                     out.write(chunk)
                     bar.update(raw.tell() - bar.n)
     except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged data (no LFS sha256 to catch it)
+        if getattr(e, "errno", None) in STORAGE_ERRNOS:  # the disk, not the file: fetch_dataset says so
+            raise
         raise FetchError(f"{src.name}: not a valid gzip file ({_one_line(e)})") from None
 
 
