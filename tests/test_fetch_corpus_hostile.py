@@ -508,3 +508,18 @@ def test_a_full_disk_while_gunzipping_a_hub_file_says_so(tmp_path, monkeypatch):
         ensure_dataset("scifact", tmp_path / "data", ZIP_URL, source="hub")
     assert "no space left" in str(e.value).lower() and "not a valid gzip" not in str(e.value)
     assert _leftovers(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("value", [["two", "sentences"], {"en": "text"}])
+def test_a_text_field_holding_a_list_or_object_is_refused_naming_the_row(tmp_path, value):
+    """A list or object would become its Python repr ("['two', 'sentences']") and be learned as text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "a", "text": "fine"}) + "\n" +
+                                         json.dumps({"_id": "b", "text": value}) + "\n")  # fmt: skip
+    with pytest.raises(DataError, match=r"docs\.jsonl:2.*'text'.*corpus_fields\.text"):
+        write_corpus(tmp_path / "docs.jsonl", CorpusFields(), tmp_path / "a")
+    pq.write_table(pa.Table.from_pylist([{"_id": "b", "text": value}]), tmp_path / "docs.parquet")
+    with pytest.raises(DataError, match=r"docs\.parquet row 0.*'text'"):
+        write_corpus(tmp_path / "docs.parquet", CorpusFields(), tmp_path / "b")

@@ -86,9 +86,17 @@ def _row_fields(row: dict, fields: CorpusFields, where: str) -> tuple[str | None
             f"{where}: no field {fields.text!r} (fields: {sorted(map(str, row))}); set corpus_fields.text=<field> "
             "to the one holding the passage text"
         )
+    for key in (fields.text, fields.title, fields.id):
+        if key and isinstance(row.get(key), list | dict):  # its repr would be learned as text
+            raise DataError(f"{where}: field {key!r} holds a {type(row[key]).__name__}, not text; point "
+                            f"corpus_fields.{_key_of(fields, key)}=<field> at a text field")  # fmt: skip
     title = row.get(fields.title) if fields.title else None
     doc_id = row.get(fields.id) if fields.id else None
     return (None if doc_id is None else str(doc_id)), str(title or ""), str(row[fields.text] or "")
+
+
+def _key_of(fields: CorpusFields, name: str) -> str:
+    return next(k for k in ("text", "title", "id") if getattr(fields, k) == name)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
