@@ -523,3 +523,16 @@ def test_a_text_field_holding_a_list_or_object_is_refused_naming_the_row(tmp_pat
     pq.write_table(pa.Table.from_pylist([{"_id": "b", "text": value}]), tmp_path / "docs.parquet")
     with pytest.raises(DataError, match=r"docs\.parquet row 0.*'text'"):
         write_corpus(tmp_path / "docs.parquet", CorpusFields(), tmp_path / "b")
+
+
+def test_a_folder_of_beir_folders_reads_their_corpora_not_their_queries(tmp_path):
+    """corpus=data/ holding data/scifact/{corpus,queries}.jsonl + qrels/: the passages are the corpus rows
+    (the queries are no passages: learning them would leak the test queries; the qrels are no table)."""
+    import shutil
+
+    shutil.copytree(TOY, tmp_path / "data" / "scifact")
+    (tmp_path / "data" / "notes.txt").write_text("a note of mine")
+    counts = write_corpus(tmp_path / "data", CorpusFields(dedup=False), tmp_path / "out")
+    toy = [p.text for p in iter_corpus(TOY)]
+    assert counts.read == len(toy) + 1
+    assert sorted(p.text for p in iter_corpus(tmp_path / "out")) == sorted([*toy, "a note of mine"])

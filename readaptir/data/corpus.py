@@ -213,6 +213,9 @@ def iter_passages(source: str | os.PathLike, fields: CorpusFields) -> Iterator[t
 
 def _folder_passages(root: Path, fields: CorpusFields) -> Iterator[tuple[str, str, str]]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # A BeIR folder inside: its corpus.jsonl only (its queries are no passages, its qrels no table).
+    beir = {p.parent for p in files if p.name == "corpus.jsonl"}
+    files = [p for p in files if (p.parent in beir and p.name == "corpus.jsonl") or not beir & set(p.parents)]
     texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
     tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
     if not texts and not tables:
