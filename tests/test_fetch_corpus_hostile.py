@@ -536,3 +536,12 @@ def test_a_folder_of_beir_folders_reads_their_corpora_not_their_queries(tmp_path
     toy = [p.text for p in iter_corpus(TOY)]
     assert counts.read == len(toy) + 1
     assert sorted(p.text for p in iter_corpus(tmp_path / "out")) == sorted([*toy, "a note of mine"])
+
+
+def test_tsv_quotes_are_text_not_quoting(tmp_path):
+    """TSV has no quoting: a passage starting with a quote must keep it, and an unclosed one must not
+    swallow the following rows into one passage."""
+    (tmp_path / "docs.tsv").write_text('_id\ttext\n1\t"Quoted" start\n2\t"unclosed start\n3\tnext row\n')
+    write_corpus(tmp_path / "docs.tsv", CorpusFields(), tmp_path / "out")
+    assert [(p.doc_id, p.text) for p in iter_corpus(tmp_path / "out")] == [
+        ("1", '"Quoted" start'), ("2", '"unclosed start'), ("3", "next row")]  # fmt: skip

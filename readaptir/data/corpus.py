@@ -120,7 +120,10 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a long passage is no error (default 128 KiB)
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the first header
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        tsv = path.suffix.lower() == ".tsv"  # TSV has no quoting: a passage's quote is text
+        reader = csv.DictReader(
+            f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+        )
         try:
             for row in reader:
                 yield f"{path}:{reader.line_num}", row
