@@ -545,3 +545,16 @@ def test_tsv_quotes_are_text_not_quoting(tmp_path):
     write_corpus(tmp_path / "docs.tsv", CorpusFields(), tmp_path / "out")
     assert [(p.doc_id, p.text) for p in iter_corpus(tmp_path / "out")] == [
         ("1", '"Quoted" start'), ("2", '"unclosed start'), ("3", "next row")]  # fmt: skip
+
+
+def test_files_inside_hidden_folders_are_not_passages(tmp_path):
+    """A notes folder that is a git repository or was opened in Jupyter: .git/ and .ipynb_checkpoints/
+    copies are no passages (the module reads no hidden file, nor anything inside a hidden folder)."""
+    docs = tmp_path / "docs"
+    (docs / ".ipynb_checkpoints").mkdir(parents=True)
+    (docs / ".git" / "info").mkdir(parents=True)
+    (docs / "notes.md").write_text("my note")
+    (docs / ".ipynb_checkpoints" / "notes-checkpoint.md").write_text("my older note")
+    (docs / ".git" / "info" / "exclude.txt").write_text("*.pyc")
+    counts = write_corpus(docs, CorpusFields(), tmp_path / "out")
+    assert counts.read == 1 and [p.doc_id for p in iter_corpus(tmp_path / "out")] == ["notes"]

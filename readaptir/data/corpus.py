@@ -215,7 +215,8 @@ def iter_passages(source: str | os.PathLike, fields: CorpusFields) -> Iterator[t
 
 
 def _folder_passages(root: Path, fields: CorpusFields) -> Iterator[tuple[str, str, str]]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    visible = (p for p in root.rglob("*") if not any(n.startswith(".") for n in p.relative_to(root).parts))
+    files = sorted(p for p in visible if p.is_file())  # no .git/, .ipynb_checkpoints/, hidden files
     # A BeIR folder inside: its corpus.jsonl only (its queries are no passages, its qrels no table).
     beir = {p.parent for p in files if p.name == "corpus.jsonl"}
     files = [p for p in files if (p.parent in beir and p.name == "corpus.jsonl") or not beir & set(p.parents)]
