@@ -558,3 +558,16 @@ def test_files_inside_hidden_folders_are_not_passages(tmp_path):
     (docs / ".git" / "info" / "exclude.txt").write_text("*.pyc")
     counts = write_corpus(docs, CorpusFields(), tmp_path / "out")
     assert counts.read == 1 and [p.doc_id for p in iter_corpus(tmp_path / "out")] == ["notes"]
+
+
+def test_a_parquet_binary_text_column_is_decoded_not_its_repr(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"_id": ["a", "b"], "text": pa.array([b"caf\xc3\xa9 au lait", b"\xff"], pa.binary())})
+    pq.write_table(table.slice(0, 1), tmp_path / "ok.parquet")
+    write_corpus(tmp_path / "ok.parquet", CorpusFields(), tmp_path / "a")
+    assert [p.text for p in iter_corpus(tmp_path / "a")] == ["café au lait"]
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet row 1.*UTF-8"):
+        write_corpus(tmp_path / "bad.parquet", CorpusFields(), tmp_path / "b")

@@ -90,6 +90,11 @@ def _row_fields(row: dict, fields: CorpusFields, where: str) -> tuple[str | None
         if key and isinstance(row.get(key), list | dict):  # its repr would be learned as text
             raise DataError(f"{where}: field {key!r} holds a {type(row[key]).__name__}, not text; point "
                             f"corpus_fields.{_key_of(fields, key)}=<field> at a text field")  # fmt: skip
+        if key and isinstance(row.get(key), bytes):  # a binary column: its repr "b'...'" is no text
+            try:
+                row = {**row, key: row[key].decode("utf-8")}
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: field {key!r} is not valid UTF-8; re-encode it as UTF-8") from None
     title = row.get(fields.title) if fields.title else None
     doc_id = row.get(fields.id) if fields.id else None
     return (None if doc_id is None else str(doc_id)), str(title or ""), str(row[fields.text] or "")
