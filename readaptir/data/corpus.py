@@ -53,7 +53,8 @@ class CorpusFields:
         for key in ("text", "title", "id", "split"):
             value = getattr(self, key)
             if not (isinstance(value, str) and value) and not (value is None and key in ("title", "id")):
-                raise ValueError(f"corpus_fields.{key}={value!r}: give a field name")
+                none = " (or null: none)" if key in ("title", "id") else ""
+                raise ValueError(f"corpus_fields.{key}={value!r}: give a field name{none}")
         lo, hi = self.min_chars, self.max_chars
         if isinstance(lo, bool) or not isinstance(lo, int) or lo < 0:
             raise ValueError(f"corpus_fields.min_chars={lo!r}: give a whole number >= 0")
