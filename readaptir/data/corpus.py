@@ -48,6 +48,22 @@ class CorpusFields:
     max_chars: int | None = None  # longer ones too (None: no limit)
     dedup: bool = True  # drop exact repeats of an earlier passage (false: every row kept, as the grid does)
 
+    def __post_init__(self) -> None:
+        """A bad value is refused here (``ValueError`` naming the key), not as a traceback mid-corpus."""
+        for key in ("text", "title", "id", "split"):
+            value = getattr(self, key)
+            if not (isinstance(value, str) and value) and not (value is None and key in ("title", "id")):
+                none = " (or null: none)" if key in ("title", "id") else ""
+                raise ValueError(f"corpus_fields.{key}={value!r}: give a field name{none}")
+        lo, hi = self.min_chars, self.max_chars
+        if isinstance(lo, bool) or not isinstance(lo, int) or lo < 0:
+            raise ValueError(f"corpus_fields.min_chars={lo!r}: give a whole number >= 0")
+        if hi is not None and (isinstance(hi, bool) or not isinstance(hi, int) or hi < max(lo, 1)):
+            raise ValueError(f"corpus_fields.max_chars={hi!r}: give null or a whole number >= "
+                             f"corpus_fields.min_chars={lo} (and >= 1)")  # fmt: skip
+        if not isinstance(self.dedup, bool):
+            raise ValueError(f"corpus_fields.dedup={self.dedup!r}: give true or false")
+
 
 @dataclass
 class CorpusCounts:
@@ -68,12 +84,25 @@ class CorpusCounts:
 def _row_fields(row: dict, fields: CorpusFields, where: str) -> tuple[str | None, str, str]:
     if fields.text not in row:
         raise DataError(
-            f"{where}: no field {fields.text!r} (fields: {sorted(row)}); set corpus_fields.text=<field> "
+            f"{where}: no field {fields.text!r} (fields: {sorted(map(str, row))}); set corpus_fields.text=<field> "
             "to the one holding the passage text"
         )
+    for key in (fields.text, fields.title, fields.id):
+        if key and isinstance(row.get(key), list | dict):  # its repr would be learned as text
+            raise DataError(f"{where}: field {key!r} holds a {type(row[key]).__name__}, not text; point "
+                            f"corpus_fields.{_key_of(fields, key)}=<field> at a text field")  # fmt: skip
+        if key and isinstance(row.get(key), bytes):  # a binary column: its repr "b'...'" is no text
+            try:
+                row = {**row, key: row[key].decode("utf-8")}
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: field {key!r} is not valid UTF-8; re-encode it as UTF-8") from None
     title = row.get(fields.title) if fields.title else None
     doc_id = row.get(fields.id) if fields.id else None
     return (None if doc_id is None else str(doc_id)), str(title or ""), str(row[fields.text] or "")
+
+
+def _key_of(fields: CorpusFields, name: str) -> str:
+    return next(k for k in ("text", "title", "id") if getattr(fields, k) == name)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -95,10 +124,20 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-        for i, row in enumerate(reader, 2):
-            yield f"{path}:{i}", row
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a long passage is no error (default 128 KiB)
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the first header
+        tsv = path.suffix.lower() == ".tsv"  # TSV has no quoting: a passage's quote is text
+        reader = csv.DictReader(
+            f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+        )
+        try:
+            for row in reader:
+                yield f"{path}:{reader.line_num}", row
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not valid UTF-8 (after line {reader.line_num}); re-encode the file "
+                            "as UTF-8") from None  # fmt: skip
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e}); fix that row") from None
 
 
 def _parquet_rows(path: Path, fields: CorpusFields) -> Iterator[tuple[str, dict]]:
@@ -106,7 +145,11 @@ def _parquet_rows(path: Path, fields: CorpusFields) -> Iterator[tuple[str, dict]
         import pyarrow.parquet as pq
     except ImportError as e:
         raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'readaptir[corpora]'") from e
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError ... for a broken file
+        raise DataError(f"{path}: not a readable Parquet file ({e.__class__.__name__}: {e}); "
+                        "rewrite it or convert it to JSONL") from None  # fmt: skip
     names = pf.schema_arrow.names
     if fields.text not in names:
         raise DataError(
@@ -178,7 +221,11 @@ def iter_passages(source: str | os.PathLike, fields: CorpusFields) -> Iterator[t
 
 
 def _folder_passages(root: Path, fields: CorpusFields) -> Iterator[tuple[str, str, str]]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    visible = (p for p in root.rglob("*") if not any(n.startswith(".") for n in p.relative_to(root).parts))
+    files = sorted(p for p in visible if p.is_file())  # no .git/, .ipynb_checkpoints/, hidden files
+    # A BeIR folder inside: its corpus.jsonl only (its queries are no passages, its qrels no table).
+    beir = {p.parent for p in files if p.name == "corpus.jsonl"}
+    files = [p for p in files if (p.parent in beir and p.name == "corpus.jsonl") or not beir & set(p.parents)]
     texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
     tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
     if not texts and not tables:
@@ -222,6 +269,8 @@ def write_corpus(source: str | os.PathLike, fields: CorpusFields, out_dir: str |
                 counts.duplicates += 1
                 continue
             seen_text.add(digest)
+            # The index and run files need single printable words: "my notes/a b.txt" gives "my_notes/a_b".
+            doc_id = "".join(c if c.isprintable() and not c.isspace() else "_" for c in doc_id) or "_"
             unique, n = doc_id, 1
             while unique in seen_ids:
                 n += 1

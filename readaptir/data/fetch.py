@@ -29,16 +29,17 @@ import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
 from readaptir.errors import UserError
+from readaptir.fs import STORAGE_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ def fetch_dataset(name: str, root: Path, url: str | None, source: str = "auto") 
     with fetch_lock(root.parent):
         if (root / "corpus.jsonl").is_file():  # another job fetched it while this one waited
             return
+        # A file or a non-empty folder there (a partial unzip): the fetched copy could not be renamed onto it.
+        if os.path.lexists(root) and not (root.is_dir() and not any(root.iterdir())):
+            raise FetchError(f"dataset {name!r}: {root} exists without corpus.jsonl (a partial copy?) and is "
+                             f"left as it is; move it away (or complete it) so that it can be fetched; {hint}")  # fmt: skip
         for how in tries:
             if offline() and how == "zip" and not local_zip:
                 reasons.append("zip: HF_HUB_OFFLINE=1 forbids downloading")
@@ -104,6 +109,12 @@ def fetch_dataset(name: str, root: Path, url: str | None, source: str = "auto") 
                 return
             except FetchError as e:
                 reasons.append(f"{how}: {e}")
+            except OSError as e:  # a full disk or a read-only folder while writing: no other source helps
+                if e.errno not in STORAGE_ERRNOS:
+                    raise
+                raise FetchError(f"dataset {name!r} ({how}): writing into {root.parent}: {STORAGE_ERRNOS[e.errno]}; "
+                                 "free space (or fix the permissions) and run again (a partial download is "
+                                 "kept and resumed)") from None  # fmt: skip
     raise FetchError(f"dataset {name!r}: {root}/corpus.jsonl not found ({'; '.join(reasons)}); {hint}")
 
 
@@ -145,11 +156,13 @@ def _hub_files(repo: str, patterns: list[str], cached_only: bool) -> Path:
     try:
         return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=patterns,
                                       local_files_only=cached_only))  # fmt: skip
-    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as e:
+    # huggingface_hub raises httpx2 errors (not httpx's), Xet and entry errors outside HfHubHTTPError: all
+    # of them mean "not from the Hub this time", the zip is the next try.
+    except Exception as e:  # noqa: BLE001
         if cached_only:
             raise FetchError(f"{repo} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
                              "downloading it") from None  # fmt: skip
-        raise FetchError(f"{repo}: {_one_line(e)}") from None
+        raise FetchError(f"{repo}: {e.__class__.__name__}: {_one_line(e)}") from None
 
 
 def verify_blob(path: Path) -> None:
@@ -176,7 +189,9 @@ def gunzip(src: Path, dst: Path) -> None:
                 while chunk := z.read(CHUNK):
                     out.write(chunk)
                     bar.update(raw.tell() - bar.n)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged data (no LFS sha256 to catch it)
+        if getattr(e, "errno", None) in STORAGE_ERRNOS:  # the disk, not the file: fetch_dataset says so
+            raise
         raise FetchError(f"{src.name}: not a valid gzip file ({_one_line(e)})") from None
 
 
@@ -189,6 +204,9 @@ def fetch_hub(name: str, root: Path, cached_only: bool = False) -> None:
     splits = sorted(qrels.glob("*.tsv"))
     missing = [f"{HUB_ORG}/{name}/{p.name}" for p in files if not p.is_file()]
     if missing or not splits:
+        if cached_only:  # an interrupted earlier download: the Hub has it, this machine's cache does not
+            raise FetchError(f"the Hugging Face cache lacks {missing or [f'{HUB_ORG}/{name}-qrels/<split>.tsv']} "
+                             "and HF_HUB_OFFLINE=1 forbids downloading it")  # fmt: skip
         raise FetchError(f"the Hub copy lacks {missing or [f'{HUB_ORG}/{name}-qrels/<split>.tsv']}")
     for path in [*files, *splits]:
         verify_blob(path)
@@ -261,12 +279,22 @@ def fetch_zip(name: str, root: Path, url: str) -> None:
         try:
             with zipfile.ZipFile(part) as z:
                 z.extractall(out.parent / "unzipped")
-        except (OSError, zipfile.BadZipFile) as e:
+        except OSError as e:  # a full disk is no fault of the zip: the (checked) download is kept
+            if e.errno in STORAGE_ERRNOS:
+                raise FetchError(f"unpacking {part} into {root.parent}: {STORAGE_ERRNOS[e.errno]}; free space "
+                                 "(or fix the permissions) and run again, the download is kept") from None  # fmt: skip
+            part.unlink()
+            raise FetchError(f"{url}: not a valid zip ({_one_line(e)}); the download was deleted") from None
+        except (zipfile.BadZipFile, zlib.error) as e:  # zlib.error: damaged compressed data
             part.unlink()
             raise FetchError(f"{url}: not a valid zip ({_one_line(e)}); the download was deleted") from None
         unpacked = out.parent / "unzipped" / name
-        if not (unpacked / "corpus.jsonl").is_file():
-            raise FetchError(f"{url} does not contain {name}/corpus.jsonl")
+        if not (unpacked / "corpus.jsonl").is_file():  # not kept: the next run would resume onto it
+            part.unlink()
+            unzipped = out.parent / "unzipped"
+            top = sorted(p.name for p in unzipped.iterdir()) if unzipped.is_dir() else []
+            raise FetchError(f"{url} does not contain {name}/corpus.jsonl (its top level: {top}); the download "
+                             "was deleted")  # fmt: skip
         out.rmdir()
         unpacked.rename(out)
     part.unlink()

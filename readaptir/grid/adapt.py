@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,8 @@ class AdaptSettings(_Spec):
     def fields(self) -> CorpusFields:
         try:
             return CorpusFields(**self.corpus_fields)
+        except ValueError as e:  # a known key with a bad value: the message names it
+            raise ConfigError(f"config key {e}") from None
         except TypeError as e:
             raise ConfigError(f"config key corpus_fields: {e}; known: text, title, id, split, min_chars, "
                               "max_chars, dedup") from None  # fmt: skip
@@ -76,7 +80,10 @@ def split_config(container: dict[str, Any]) -> tuple[AdaptSettings, CellConfig]:
         settings = AdaptSettings.model_validate(own)
     except ValidationError as e:
         raise ConfigError(config_line(e, own)) from None
-    return settings, CellConfig.from_hydra(container)
+    cfg = CellConfig.from_hydra(container)
+    settings.fields()  # bad corpus_fields.* and out= refused before any model is resolved or downloaded
+    check_out(settings.out, cfg.paths.cache_dir)
+    return settings, cfg
 
 
 def corpus_identity(source: str, fields: CorpusFields, memo: Path) -> str:
@@ -116,7 +123,9 @@ def corpus_label(source: str) -> str:
     name = (
         source[len(HF_PREFIX) :] if source.startswith(HF_PREFIX) else Path(source).expanduser().resolve().name
     )
-    return name.replace("/", "__").removesuffix(".jsonl") or "corpus"
+    name = name.replace("/", "__").removesuffix(".jsonl")
+    # The label names the dataset and its folders: "my docs (v2)" or "hf:org/ds:cfg" would be refused there.
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")[:128] or "corpus"
 
 
 def cell_for(
@@ -233,8 +242,27 @@ def _counts_line(counts: dict[str, Any]) -> str:
             f"{counts['duplicates']:,} duplicates dropped)")  # fmt: skip
 
 
+def check_out(out: str | os.PathLike | None, cache: str | os.PathLike | None = None) -> None:
+    """``out=`` may be new, an empty folder or an earlier export (it is replaced whole): never a file, a
+    folder of other files (it would be deleted), or a path inside the cache or holding it."""
+    if not out:
+        return
+    path = Path(out).expanduser().resolve()
+    if cache is not None:
+        root = Path(cache).expanduser().resolve()
+        if path == root or root in path.parents or path in root.parents:
+            raise ConfigError(f"config key out={out}: {path} is inside or holds the cache {root}; "
+                              "name a folder outside it")  # fmt: skip
+    if path.exists() and not (
+        path.is_dir() and (not any(path.iterdir()) or (path / "modules.json").is_file())
+    ):
+        raise ConfigError(f"config key out={out}: {path} exists and is not an earlier export (no modules.json), "
+                          "so replacing it would delete it; name a new folder or remove that one")  # fmt: skip
+
+
 def copy_out(folder: Path, out: Path) -> Path:
     """The product copied to ``out`` (replaced whole, never half-written)."""
+    check_out(out)
     out = out.expanduser().resolve()
     tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -31,6 +31,7 @@ from readaptir.grid import stages
 from readaptir.grid.cell import ensure_data, job_dir, open_store
 from readaptir.grid.keys import CellInputs, cell_products, resolve
 from readaptir.models.hub import ModelFolders, resolve_model_dir
+from readaptir.paths import name_problem
 from readaptir.readapt.pair import base_of, check_pair
 from readaptir.readapt.weights import is_adapter_folder
 from readaptir.retrieval.runs import RUN_FILE, read_run
@@ -61,6 +62,9 @@ def split_config(container: dict[str, Any]) -> tuple[EvaluateSettings, CellConfi
         if not (root / "corpus.jsonl").is_file():
             raise ConfigError(f"dataset={settings.data_path}: no corpus.jsonl there; give a BeIR name "
                               "(conf/dataset/) or a folder with corpus.jsonl, queries.jsonl and qrels/")  # fmt: skip
+        if (problem := name_problem(root.name)) is not None:  # the folder's name is the dataset's name
+            raise ConfigError(f"dataset={settings.data_path}: the folder name {root.name!r} cannot name a dataset "
+                              f"({problem}); rename the folder or link it under such a name")  # fmt: skip
         container["paths"]["data_dir"] = str(root.parent)
         container["dataset"] = DatasetSpec(name=root.name, beir_name=root.name, split=container["dataset"]["split"],
                                            corpus_size=0, knowledge_corpus=root.name,
