@@ -17,16 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from test_pipeline import FAST, REPO, cell_factory, make_data_dir, run_py
 
-from readaptir.config import CellConfig
 from readaptir.fs import HOST
 from readaptir.grid.cell import run_cell
 from readaptir.grid.plan import grid_configs, plan_cell, unique_adapters
 from readaptir.grid.record import CellRecord
-from readaptir.models.hub import resolve_models
 from readaptir.report.results import load_results
 from readaptir.report.variants import expected_variants
 from readaptir.store.artifacts import ArtifactStore
@@ -43,17 +39,6 @@ def cell(data_dir):
     """``cell(cache, *overrides)`` → a validated CellConfig (tiny-llama × scifact by default)."""
     with cell_factory(data_dir) as make:
         yield make
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-
-        def make(cache: Path, *overrides: str) -> CellConfig:
-            cfg = compose(config_name="config", overrides=["dataset=scifact", f"paths.cache_dir={cache}",
-                                                           "tracking.backend=none", *FAST, *overrides])  # fmt: skip
-            spec = CellConfig.from_hydra(cfg)
-            resolve_models(spec.model)
-            return spec
-
-        yield make
-    GlobalHydra.instance().clear()
 
 
 def _flip(path: Path, at: int, n: int = 1) -> None:
