@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from readaptir.errors import StorageError
 from readaptir.fs import HOST, NAMESPACE, atomic_write_json
 from readaptir.store.artifacts import ArtifactStore, make_key
-from readaptir.store.locks import BuildLock, ProductBusy
+from readaptir.store.locks import BuildLock, LockTakenOver, ProductBusy
 
 
 def test_keys_are_canonical_and_sensitive():
@@ -333,6 +333,43 @@ def test_busy_product_raises_with_on_busy_exit(tmp_path):
     held.release()
     store.build("thing", "thing-b", lambda tmp: (tmp / "v").write_text("x"))
     assert store.valid("thing-b")
+
+
+def _take_over(lock_path) -> BuildLock:
+    """What a waiter does to a job stopped (SIGSTOP, a frozen node) past stale_s: breaks its lock, takes it."""
+    other = BuildLock(lock_path, stale_s=0.05, poll_s=0.01)
+    assert other.acquire()
+    return other
+
+
+def test_a_job_whose_lock_was_taken_over_publishes_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    taken = []
+
+    def fn(tmp):
+        (tmp / "v").write_text("mine")
+        taken.append(_take_over(tmp_path / "locks" / "thing-t.lock"))  # while this job was stopped
+
+    with pytest.raises(
+        LockTakenOver, match=r"thing-t: this job stopped for over store.lock_stale_s.*run this cell again"
+    ):
+        store.build("thing", "thing-t", fn)
+    assert not store.path("thing-t").exists() and list(store.path("thing-t").parent.iterdir()) == []
+    assert taken[0].owned()  # the job that took it over still holds its lock: it publishes, not us
+    taken[0].release()
+
+
+def test_a_job_whose_lock_was_taken_over_uses_the_product_the_other_job_finished(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def fn(tmp):
+        (tmp / "a").write_text("mine, part 1")
+        _take_over(tmp_path / "locks" / "thing-u.lock").release()  # the other job came and went...
+        ArtifactStore(tmp_path).build("thing", "thing-u", lambda t: (t / "a").write_text("theirs"))
+        (tmp / "b").write_text("mine, part 2")  # ...and removed this job's temporary folder as a leftover
+
+    assert (store.build("thing", "thing-u", fn) / "a").read_text() == "theirs"
+    assert store.valid("thing-u") and store.events[-1]["reused"]
 
 
 @pytest.mark.parametrize("write", ["atomic_write", "create_once"])  # create_once: the results store's records

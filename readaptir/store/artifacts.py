@@ -211,13 +211,20 @@ class ArtifactStore:
         if self._reuse(kind, key):
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock(key):
+        with self.lock(key) as lock:
             if self._reuse(kind, key):  # built by another job while we waited
                 return final
             tmp, t0 = self._start(key), time.time()
-            with cleaned_on_error(tmp, f"{kind} {key}"):
-                fn(tmp)
-                self._publish(kind, key, tmp, meta, t0)
+            try:
+                with cleaned_on_error(tmp, f"{kind} {key}"):
+                    fn(tmp)
+                    self._publish(kind, key, tmp, meta, t0, lock)
+            except Exception as e:
+                if (lost := lock.taken_over(key)) is None:
+                    raise
+                if self._reuse(kind, key):  # the job that took the lock over has finished the product
+                    return final
+                raise lost from e  # e.g. its _start removed our temporary folder under fn
             return final
 
     def build_collective(
@@ -277,15 +284,20 @@ class ArtifactStore:
                 if main:
                     if finish is not None:
                         finish(tmp)
-                    self._publish(kind, key, tmp, meta, t0)
+                    self._publish(kind, key, tmp, meta, t0, lock)
             state.wait_for_everyone()
         finally:
             if lock is not None:
                 lock.release()
         return final
 
-    def _publish(self, kind: str, key: str, tmp: Path, meta: Mapping[str, Any] | None, t0: float) -> None:
-        """Check the inputs again, write the manifest (files, parents' build ids), rename into place."""
+    def _publish(self, kind: str, key: str, tmp: Path, meta: Mapping[str, Any] | None, t0: float,
+                 lock: BuildLock | None) -> None:  # fmt: skip
+        """Check the lock is still ours and the inputs unchanged, write the manifest (files, parents'
+        build ids), rename into place. A job stopped past ``lock_stale_s`` has lost its lock to one that
+        may be publishing the same key: replacing that product under it is what the lock is for."""
+        if lock is not None and (lost := lock.taken_over(key)) is not None:
+            raise lost
         if why := changed_input(self.inputs):
             raise InputChanged(why)
         final = self.path(key)

@@ -46,6 +46,18 @@ class ProductBusy(RuntimeError):
         self.key, self.holder = key, holder
 
 
+class LockTakenOver(ProductBusy):
+    """This job was stopped (SIGSTOP, a frozen node) for longer than ``stale_s``, another job broke its
+    lock as a dead one's and is building the product: what this job made is not published."""
+
+    def __init__(self, key: str, holder: str, stale_s: float) -> None:
+        RuntimeError.__init__(
+            self, f"{key}: this job stopped for over store.lock_stale_s ({stale_s:g} s) and {holder} took its "
+            "build lock over; run this cell again once that job is finished (or raise store.lock_stale_s)",
+        )  # fmt: skip
+        self.key, self.holder = key, holder
+
+
 def _read(path: Path) -> tuple[dict[str, Any] | None, list | None]:
     """(owner info or None if unreadable, the file's observable state or None if the file is gone).
 
@@ -198,6 +210,19 @@ class BuildLock:
     def owned(self) -> bool:
         info, _ = _read(self.path)
         return (info or {}).get("token") == self.token
+
+    def taken_over(self, key: str) -> LockTakenOver | None:
+        """The error to raise when the lock file is no longer this lock's (broken as a dead job's while
+        this one was stopped; perhaps released since by the job that broke it), else None."""
+        info, state = _read(self.path)
+        if (info or {}).get("token") == self.token:
+            return None
+        holder = (
+            describe(info)
+            if info is not None
+            else "another job" + (" (finished since)" if state is None else "")
+        )
+        return LockTakenOver(key, holder, self.stale_s)
 
     def release(self) -> None:
         self._stop.set()
