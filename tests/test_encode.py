@@ -224,6 +224,19 @@ def test_corpus_index_rows(tmp_path, llama, toy_dir, monkeypatch):
     assert set(run) == {"a", "b"} and all(len(v) == 5 for v in run.values())
 
 
+def test_index_progress_bar_honours_tqdm_disable(tmp_path, llama, toy_dir, monkeypatch, capsys):
+    import functools
+
+    import tqdm
+
+    # TQDM_DISABLE=1 is read when tqdm is imported and works as a default for disable=: an explicit
+    # disable=False (rank 0) overrode it, so batch jobs and the scale benchmark still drew the bar
+    monkeypatch.setattr(emb_mod, "tqdm", functools.partial(tqdm.tqdm, disable=True))
+    model, tok = llama
+    _index(DenseRetriever(model, tok, PROMPTS, ENCODE, SearchSettings()), toy_dir, tmp_path / "idx")
+    assert "encode" not in capsys.readouterr().err
+
+
 DDP_SCRIPT = """
 import json, sys
 from accelerate import PartialState

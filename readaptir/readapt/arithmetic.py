@@ -201,7 +201,8 @@ def readapt(
         groups.setdefault(shard, {}).setdefault(ret_shard, []).append(key)
     out: dict[str, torch.Tensor] = {}
     stats = _NormStats()
-    for by_ret in tqdm(groups.values(), desc="readapt shards", unit="shard", disable=len(groups) < 2):
+    off = {"disable": True} if len(groups) < 2 else {}  # only when set: else TQDM_DISABLE=1 applies
+    for by_ret in tqdm(groups.values(), desc="readapt shards", unit="shard", **off):
         for keys in by_ret.values():
             for key in keys:
                 out[key] = _readapt_tensor(inp, key, alpha, beta, knowledge_scaling, delta_rank, stats).to(

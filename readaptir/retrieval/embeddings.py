@@ -186,7 +186,8 @@ def corpus_index_build(
     def fill(tmp: Path) -> None:
         n = _count_ids(tmp / IDS_FILE)
         matrix = RowFile(tmp / EMB_FILE, max(n, 1), dim)
-        with tqdm(total=n, desc=f"encode {corpus_root.name}", unit="psg", disable=rank != 0) as bar:
+        off = {"disable": True} if rank != 0 else {}  # passed only when set: TQDM_DISABLE=1 applies otherwise
+        with tqdm(total=n, desc=f"encode {corpus_root.name}", unit="psg", **off) as bar:
             for start, rows in _chunks(corpus_root, passage_template, to_rows):
 
                 def write(idx: np.ndarray, vecs: np.ndarray, start: int = start) -> None:
