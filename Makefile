@@ -101,7 +101,7 @@ bench-gpu: ## GPU throughput of every training/encoding path at 7B shapes, ≤ 8
 	$(call q,$(BENCH_PY)) experiments/bench_gpu.py $(foreach a,$(BENCH_ARGS),$(call q,$(a)))
 
 # The GPU image's CPython (3.10, 3.11 or 3.12) for gpu-bundle; default: this one's.
-GPU_PY ?= $(shell $(BENCH_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+GPU_PY ?= $(shell $(call q,$(BENCH_PY)) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 GPU_BUNDLE ?= gpu-bundle
 gpu-bundle: ## wheels a bare CUDA image (torch, transformers, peft, accelerate) lacks, Linux x86_64, GPU_PY=3.1x, ≤ 60 MiB → gpu-bundle/
 	rm -rf $(call q,$(GPU_BUNDLE))

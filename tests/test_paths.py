@@ -115,6 +115,15 @@ def test_make_quotes_every_variable_it_hands_to_the_shell():
     )  # no part of a value became a word (a command) of its own
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_runs_no_part_of_a_variable_while_reading_the_makefile(tmp_path):
+    """`$(shell ...)` runs even under `make -n`: GPU_PY asked BENCH_PY for its version unquoted."""
+    planted = tmp_path / "PWNED"
+    subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "gpu-bundle", f"BENCH_PY=python3; touch {planted} #"],
+                   capture_output=True, text=True, check=False)  # fmt: skip
+    assert not planted.exists()
+
+
 def test_an_empty_results_folder_for_reports_is_one_line(tmp_path, capsys):
     """`--results-dir ""` read the working folder as the results store."""
     from readaptir.report.render import main
