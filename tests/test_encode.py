@@ -237,6 +237,20 @@ def test_index_progress_bar_honours_tqdm_disable(tmp_path, llama, toy_dir, monke
     assert "encode" not in capsys.readouterr().err
 
 
+def test_hash_progress_bar_honours_tqdm_disable(tmp_path, monkeypatch, capsys):
+    import functools
+
+    import tqdm
+
+    import readaptir.store.identity as identity
+
+    monkeypatch.setattr(identity, "tqdm", functools.partial(tqdm.tqdm, disable=True))  # TQDM_DISABLE=1
+    monkeypatch.setattr(identity, "HASH_BAR_MIN", 0)  # a large file: the bar is on unless disabled
+    (tmp_path / "corpus.jsonl").write_bytes(b"x" * 1000)
+    identity.content_identity(tmp_path / "corpus.jsonl")
+    assert "hash" not in capsys.readouterr().err
+
+
 DDP_SCRIPT = """
 import json, sys
 from accelerate import PartialState

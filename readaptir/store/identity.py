@@ -92,6 +92,7 @@ def is_hub_id(ref: str | os.PathLike) -> bool:
 
 
 HASH_CHUNK = 16 << 20
+HASH_BAR_MIN = 256 << 20  # files this large show a progress bar while hashed
 _REMEMBERED: dict[tuple, str] = {}  # this process's identities, by (path, size, mtime, ctime, inode)
 _WATCHES: list[dict[str, tuple[tuple, str]]] = []  # open watched_inputs(): path -> (stamp, identity)
 
@@ -144,8 +145,9 @@ def _stamp(path: Path) -> tuple:
 
 def _hash_contents(path: Path, size: int) -> str:
     h = xxhash.xxh3_128()
+    off = {"disable": True} if size < HASH_BAR_MIN else {}  # only when set: else TQDM_DISABLE=1 applies
     with open(path, "rb", buffering=0) as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"hash {path.name}",
-                                                 disable=size < (256 << 20), leave=False) as bar:  # fmt: skip
+                                                 leave=False, **off) as bar:  # fmt: skip
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
             bar.update(len(chunk))
