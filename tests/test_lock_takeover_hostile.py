@@ -313,3 +313,19 @@ def test_the_stopped_jobs_temp_folder_is_moved_away_before_it_is_deleted(tmp_pat
     store.build("thing", KEY, _write("B"))
     assert renamed == [False] and not theirs.exists()
     _finished(tmp_path, "B")
+
+
+def test_a_lock_taken_over_and_released_without_a_product_ends_waiting_and_the_next_job_builds(tmp_path):
+    """The job that took the lock over failed and released it: the resumed job has no lock and no product
+    to use; it publishes nothing and ends waiting, and the next job builds."""
+    store = ArtifactStore(tmp_path)
+
+    def fn(tmp: Path) -> None:
+        (tmp / "a").write_text("A")
+        _take_over(tmp_path / "locks" / f"{KEY}.lock").release()
+
+    with pytest.raises(LockTakenOver, match=r"another job \(finished since\) took its build lock over"):
+        store.build("thing", KEY, fn)
+    assert not store.is_done(KEY) and not (tmp_path / "locks" / f"{KEY}.lock").exists()
+    _other(tmp_path).build("thing", KEY, _write("B"))
+    _finished(tmp_path, "B")
