@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from readaptir.fs import HOST, atomic_write, cleaned_on_error, remove_dead_temps, remove_path, temp_sibling
+from readaptir.fs import HOST, cleaned_on_error, remove_dead_temps, remove_path, temp_sibling
 from readaptir.runtime import dist_state, distributed, is_main
 from readaptir.store.identity import InputChanged, changed_input
 from readaptir.store.locks import BuildLock, OnBusy, ProductBusy
@@ -185,9 +185,15 @@ class ArtifactStore:
             aside = temp_sibling(final, "bad")
             os.replace(final, aside)
             remove_path(aside)
-        if final.parent.is_dir():
-            for leftover in final.parent.glob(f".{key}.*"):
-                remove_path(leftover)
+        if final.parent.is_dir():  # moved away first: a job resuming meanwhile finds nothing to publish
+            trash = temp_sibling(final, "trash")
+            for leftover in [p for p in final.parent.glob(f".{key}.*") if p != trash]:
+                trash.mkdir(exist_ok=True)
+                try:
+                    os.rename(leftover, trash / leftover.name)
+                except FileNotFoundError:
+                    pass
+            remove_path(trash)
         for leftover in self.work_dir(key).glob(".tmp-*"):
             remove_path(leftover)
         tmp = temp_sibling(final)
@@ -294,8 +300,9 @@ class ArtifactStore:
     def _publish(self, kind: str, key: str, tmp: Path, meta: Mapping[str, Any] | None, t0: float,
                  lock: BuildLock | None) -> None:  # fmt: skip
         """Check the lock is still ours and the inputs unchanged, write the manifest (files, parents'
-        build ids), rename into place. A job stopped past ``lock_stale_s`` has lost its lock to one that
-        may be publishing the same key: replacing that product under it is what the lock is for."""
+        build ids), rename into place. A job stopped past ``lock_stale_s`` (even right after this check)
+        has lost its lock to one that moved its temporary folder away and may have published the key:
+        it publishes nothing, and never replaces or removes that product."""
         if lock is not None and (lost := lock.taken_over(key)) is not None:
             raise lost
         if why := changed_input(self.inputs):
@@ -310,12 +317,10 @@ class ArtifactStore:
         done = {"key": key, "kind": kind, "meta": canonical(meta or {}), "seconds": round(time.time() - t0, 3),
                 "finished": time.time(), "host": HOST, "pid": os.getpid(), "parents": parents,
                 "manifest": manifest}  # fmt: skip
-        atomic_write(tmp / DONE, json.dumps(done))
-        old = temp_sibling(final, "old")
-        if os.path.lexists(final):  # an unusable earlier product (the lock is ours)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        remove_path(old)
+        # Never made again, never replacing: a folder moved away by the job that took the lock over, or the
+        # product it published meanwhile (_start removed any earlier one), fails this job's publish.
+        (tmp / DONE).write_text(json.dumps(done))
+        os.rename(tmp, final)  # fails on a product in place (a non-empty folder): it is never replaced
         self._checked[(key, manifest["build"])] = None  # what we just hashed is what is there
         self._record(kind, key, reused=False, seconds=time.time() - t0)
 

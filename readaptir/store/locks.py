@@ -197,14 +197,21 @@ class BuildLock:
 
     def _heartbeat(self) -> None:
         """Change the lock's mtime: to now, or 1 s past the last beat when that is later (a coarse or
-        frozen clock must still show a change; the value itself is never compared with a clock)."""
+        frozen clock must still show a change; the value itself is never compared with a clock).
+
+        Only a file holding this lock's token is changed, through the handle the token was read from: a job
+        resuming from a stop past ``stale_s`` never keeps the lock of the job that took it over alive."""
         last = 0
         while not self._stop.wait(max(self.stale_s / 4, 0.05)):
             beat = max(time.time_ns(), last + 1_000_000_000)
             try:
-                os.utime(self.path, ns=(beat, beat))
+                with open(self.path, "rb") as f:
+                    info = json.loads(f.read())
+                    if not isinstance(info, dict) or info.get("token") != self.token:
+                        continue  # taken over (or damaged): not ours to keep alive
+                    os.utime(f.fileno(), ns=(beat, beat))
                 last = beat
-            except OSError:
+            except (OSError, ValueError):
                 continue  # moved aside by a job that thought it stale: it puts a live lock back
 
     def owned(self) -> bool:
