@@ -61,10 +61,10 @@ demo: install ## embedded default: both tiny retrievers on the toy set, full pip
 
 # Real BeIR copies for the real_data tests: READAPTIR_DATA, else ../shared/beir when it is there.
 TEST_DATA ?= $(or $(READAPTIR_DATA),$(wildcard $(abspath ../shared/beir)))
-test: install ## the test suite (CPU, ≈ 11 min on 2 cores); the real-data tests too when READAPTIR_DATA or ../shared/beir is there
+test: install ## the test suite (CPU, ≈ 13 min on 2 cores); the real-data tests too when READAPTIR_DATA or ../shared/beir is there
 	$(if $(TEST_DATA),READAPTIR_DATA=$(call q,$(TEST_DATA)) ,)$(QPY) -m pytest -m "not gpu and not heavy" -q --durations=15
 
-test-heavy: install ## the checks over five minutes each (SmolLM2 adapt/evaluate, MiniLM's SciFact number; ≈ 30 min)
+test-heavy: install ## the checks over five minutes each (SmolLM2 adapt/evaluate, MiniLM's SciFact number; ≈ 17–30 min)
 	$(if $(TEST_DATA),READAPTIR_DATA=$(call q,$(TEST_DATA)) ,)$(QPY) -m pytest -m "heavy and not gpu" -q --durations=15
 
 test-fast: install ## tests without the slow and real-data ones
