@@ -102,6 +102,12 @@ class _BarSafe(logging.StreamHandler):
             super().emit(record)
 
 
+def hidden(hide: bool) -> dict[str, bool]:
+    """tqdm keyword arguments that hide a bar when ``hide``, else none: an explicit ``disable=False``
+    would override ``TQDM_DISABLE=1``, which tqdm applies only to arguments not given."""
+    return {"disable": True} if hide else {}
+
+
 def _bar_safe(cls: type) -> type:
     return type(f"BarSafe{cls.__name__}", (_BarSafe, cls), {})
 

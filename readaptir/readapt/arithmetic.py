@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from readaptir.logs import hidden
 from readaptir.models.hub import resolve_model_dir
 from readaptir.readapt.merge import AdapterModule, check_base_id, low_rank_factors, module_type, parse_adapter
 from readaptir.readapt.weights import (
@@ -201,8 +202,7 @@ def readapt(
         groups.setdefault(shard, {}).setdefault(ret_shard, []).append(key)
     out: dict[str, torch.Tensor] = {}
     stats = _NormStats()
-    off = {"disable": True} if len(groups) < 2 else {}  # only when set: else TQDM_DISABLE=1 applies
-    for by_ret in tqdm(groups.values(), desc="readapt shards", unit="shard", **off):
+    for by_ret in tqdm(groups.values(), desc="readapt shards", unit="shard", **hidden(len(groups) < 2)):
         for keys in by_ret.values():
             for key in keys:
                 out[key] = _readapt_tensor(inp, key, alpha, beta, knowledge_scaling, delta_rank, stats).to(

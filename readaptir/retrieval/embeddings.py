@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from readaptir.data.beir import iter_corpus
 from readaptir.fs import atomic_write
+from readaptir.logs import hidden
 from readaptir.retrieval.base import IndexBuild
 from readaptir.retrieval.prompts import EncodeError, format_passage
 from readaptir.store.finite import check_finite_rows
@@ -186,8 +187,7 @@ def corpus_index_build(
     def fill(tmp: Path) -> None:
         n = _count_ids(tmp / IDS_FILE)
         matrix = RowFile(tmp / EMB_FILE, max(n, 1), dim)
-        off = {"disable": True} if rank != 0 else {}  # passed only when set: TQDM_DISABLE=1 applies otherwise
-        with tqdm(total=n, desc=f"encode {corpus_root.name}", unit="psg", **off) as bar:
+        with tqdm(total=n, desc=f"encode {corpus_root.name}", unit="psg", **hidden(rank != 0)) as bar:
             for start, rows in _chunks(corpus_root, passage_template, to_rows):
 
                 def write(idx: np.ndarray, vecs: np.ndarray, start: int = start) -> None:

@@ -187,12 +187,13 @@ class ArtifactStore:
             remove_path(aside)
         if final.parent.is_dir():  # moved away first: a job resuming meanwhile finds nothing to publish
             trash = temp_sibling(final, "trash")
-            for leftover in [p for p in final.parent.glob(f".{key}.*") if p != trash]:
+            if leftovers := [p for p in final.parent.glob(f".{key}.*") if p != trash]:
                 trash.mkdir(exist_ok=True)
-                try:
-                    os.rename(leftover, trash / leftover.name)
-                except FileNotFoundError:
-                    pass
+                for leftover in leftovers:
+                    try:
+                        os.rename(leftover, trash / leftover.name)
+                    except FileNotFoundError:
+                        pass
             remove_path(trash)
         for leftover in self.work_dir(key).glob(".tmp-*"):
             remove_path(leftover)
@@ -298,12 +299,12 @@ class ArtifactStore:
         return final
 
     def _publish(self, kind: str, key: str, tmp: Path, meta: Mapping[str, Any] | None, t0: float,
-                 lock: BuildLock | None) -> None:  # fmt: skip
+                 lock: BuildLock) -> None:  # fmt: skip
         """Check the lock is still ours and the inputs unchanged, write the manifest (files, parents'
         build ids), rename into place. A job stopped past ``lock_stale_s`` (even right after this check)
         has lost its lock to one that moved its temporary folder away and may have published the key:
         it publishes nothing, and never replaces or removes that product."""
-        if lock is not None and (lost := lock.taken_over(key)) is not None:
+        if (lost := lock.taken_over(key)) is not None:
             raise lost
         if why := changed_input(self.inputs):
             raise InputChanged(why)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from readaptir.errors import UserError
 from readaptir.fs import atomic_write
+from readaptir.logs import hidden
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,8 @@ def _stamp(path: Path) -> tuple:
 
 def _hash_contents(path: Path, size: int) -> str:
     h = xxhash.xxh3_128()
-    off = {"disable": True} if size < HASH_BAR_MIN else {}  # only when set: else TQDM_DISABLE=1 applies
     with open(path, "rb", buffering=0) as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"hash {path.name}",
-                                                 leave=False, **off) as bar:  # fmt: skip
+                                                 leave=False, **hidden(size < HASH_BAR_MIN)) as bar:  # fmt: skip
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
             bar.update(len(chunk))
